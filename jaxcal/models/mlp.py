@@ -1,0 +1,120 @@
+"""Multilayer perceptron for flattened images, with PyTorch's default initialisation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# torch.nn.Linear / Conv2d initialise their weights with kaiming_uniform(a=sqrt(5)), which is
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)): a variance scaling of 1/3 with a uniform distribution.
+# Flax's fan_in for a conv kernel [kh, kw, in, out] is kh * kw * in, as in torch.
+TORCH_KERNEL_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> nnx.Initializer:
+    """The bias initialiser of torch.nn.Linear / Conv2d: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    Args:
+        fan_in: number of inputs feeding each output unit (in_features, or kh * kw * in).
+
+    Returns:
+        An initialiser `(key, shape, dtype) -> array`.
+    """
+    bound = 1.0 / float(fan_in) ** 0.5
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+    """An `nnx.Linear` initialised like `torch.nn.Linear(in_features, out_features)`.
+
+    Parameters are `kernel` [in_features, out_features] and `bias` [out_features].
+    """
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=TORCH_KERNEL_INIT,
+        bias_init=torch_bias_init(in_features),
+        rngs=rngs,
+    )
+
+
+def _check_positive_ints(name: str, values: Sequence[int], *, allow_empty: bool) -> None:
+    if not allow_empty and not values:
+        raise ValueError(f"{name} must not be empty")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"{name} must hold positive ints, got {values!r}")
+
+
+class MLP(nnx.Module):
+    """Fully connected ReLU network on flattened inputs (the MNIST notebook's `MultiLayerNN`).
+
+    The default 784-512-512-10 has 669,706 parameters. Top-level submodules: `hidden` (an
+    `nnx.List` of `nnx.Linear`) and `head` (the output layer; `MLP.head_name`).
+
+    Args:
+        in_features: size of one flattened input, e.g. 28 * 28 * 1 = 784 for MNIST.
+        hidden_features: width of each hidden layer, in order (may be empty: logistic regression).
+        num_classes: number of logits; 1 means a single binary logit.
+        rngs: parameter initialisation keys.
+    """
+
+    head_name = "head"
+
+    def __init__(
+        self,
+        in_features: int = 784,
+        hidden_features: Sequence[int] = (512, 512),
+        num_classes: int = 10,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        _check_positive_ints("in_features", [in_features], allow_empty=False)
+        _check_positive_ints("hidden_features", list(hidden_features), allow_empty=True)
+        _check_positive_ints("num_classes", [num_classes], allow_empty=False)
+        self.in_features = in_features
+        self.num_classes = num_classes
+        widths = [in_features, *hidden_features]
+        self.hidden = nnx.List(
+            [dense(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+        )
+        self.head = dense(widths[-1], num_classes, rngs=rngs)
+
+    def set_view(
+        self, deterministic: bool | None = None, use_running_average: bool | None = None
+    ) -> None:
+        """Accepts `nnx.view(model, deterministic=..., use_running_average=...)`, as every
+        jaxcal model does.
+
+        nnx.view switches the submodules that have these modes (Dropout, BatchNorm); the MLP has
+        neither, so there is nothing to do here.
+        """
+
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Logits of a batch.
+
+        Args:
+            x: [B, ...] float32 inputs (e.g. NHWC images [B, 28, 28, 1]); everything after the
+                batch axis is flattened and must hold `in_features` values.
+            rngs: unused (the MLP has no dropout); accepted for a uniform model interface.
+
+        Returns:
+            [B, num_classes] logits.
+        """
+        del rngs
+        if x.ndim < 2 or math.prod(x.shape[1:]) != self.in_features:
+            raise ValueError(
+                f"x must be [B, ...] with {self.in_features} values per example, got shape "
+                f"{x.shape}"
+            )
+        h = x.reshape(x.shape[0], -1)
+        for layer in self.hidden:
+            h = nnx.relu(layer(h))
+        return self.head(h)
