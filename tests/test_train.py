@@ -1,0 +1,576 @@
+"""Tests for jaxcal.train: losses, optimisers, the jitted steps, fit, freezing, early stopping,
+prediction and data parallelism."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxcal import train
+
+# float32 tolerances: the same arithmetic fused differently by XLA differs in the last bits,
+# a few ulps of values of order 1 after several steps.
+TIGHT = 1e-6
+LOOSE = 1e-5
+
+
+class TinyCNN(nnx.Module):
+    """conv -> BatchNorm -> ReLU -> global mean -> Dropout -> fc."""
+
+    def __init__(self, num_classes: int = 1, *, dropout: float = 0.5, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(3, 4, (3, 3), use_bias=False, rngs=rngs)  # BatchNorm has the bias
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+        self.drop = nnx.Dropout(dropout)
+        self.fc = nnx.Linear(4, num_classes, rngs=rngs)
+
+    def __call__(self, x, *, rngs=None):
+        h = nnx.relu(self.bn(self.conv(x))).mean((1, 2))
+        return self.fc(self.drop(h, rngs=rngs))
+
+
+class TinyMLP(nnx.Module):
+    """flatten -> Linear -> ReLU -> Linear."""
+
+    def __init__(self, num_classes: int = 3, *, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(8 * 8 * 3, 16, rngs=rngs)
+        self.fc = nnx.Linear(16, num_classes, rngs=rngs)
+
+    def __call__(self, x, *, rngs=None):
+        del rngs
+        return self.fc(nnx.relu(self.hidden(x.reshape(x.shape[0], -1))))
+
+
+def scale(images, key):
+    """uint8 -> float32 in [-1, 1]; the same for training and evaluation."""
+    del key
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def make_data(n: int, num_classes: int = 2, seed: int = 0):
+    """uint8 [n, 8, 8, 3] images whose class is set by the mean of one channel."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n).astype(np.int32)
+    images = rng.integers(0, 160, (n, 8, 8, 3))
+    images[..., 0] += (labels * 90 // max(num_classes - 1, 1))[:, None, None]
+    return images.clip(0, 255).astype(np.uint8), labels
+
+
+TRAIN = make_data(100)
+VAL = make_data(40, seed=1)
+
+
+def params_of(model):
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+def stats_of(model):
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+
+
+def assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+# ---------------------------------------------------------------- config, losses, optimisers
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"epochs": 0}, ValueError, "epochs"),
+        ({"batch_size": 2.0}, TypeError, "batch_size"),
+        ({"optimizer": "rmsprop"}, ValueError, "optimizer"),
+        ({"learning_rate": 0.0}, ValueError, "learning_rate"),
+        ({"weight_decay": -1e-4}, ValueError, "weight_decay"),
+        ({"momentum": float("nan")}, ValueError, "momentum"),
+        ({"trainable": "fc"}, TypeError, "trainable"),
+        ({"trainable": ()}, ValueError, "trainable"),
+        ({"patience": 0}, ValueError, "patience"),
+        ({"monitor": "accuracy"}, ValueError, "monitor"),
+        ({"steps_per_call": 0}, ValueError, "steps_per_call"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        train.TrainConfig(**kwargs)
+
+
+def test_config_defaults_are_the_first_notebook():
+    config = train.TrainConfig()
+    assert (config.optimizer, config.learning_rate, config.batch_size, config.epochs) == (
+        "adam",
+        1e-3,
+        64,
+        10,
+    )
+    assert train.TrainConfig(trainable=["layer4", "fc"]).trainable == ("layer4", "fc")
+
+
+def test_losses_known_values():
+    labels = jnp.array([1, 0, 1])
+    single = jnp.array([0.0, 2.0, -3.0])
+    # BCE with logits: log(1 + exp(-z)) for y = 1, log(1 + exp(z)) for y = 0.
+    expected = [np.log(2.0), np.log1p(np.exp(2.0)), np.log1p(np.exp(3.0))]
+    np.testing.assert_allclose(train.per_example_loss(single, labels), expected, rtol=TIGHT)
+    np.testing.assert_allclose(
+        train.per_example_loss(single[:, None], labels), expected, rtol=TIGHT
+    )
+    np.testing.assert_array_equal(train.is_correct(single, labels), [False, False, False])
+    multi = jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 5.0]])
+    np.testing.assert_allclose(
+        train.per_example_loss(multi, jnp.array([0, 2])),
+        [np.log(np.exp([1.0, 2.0, 3.0]).sum()) - 1.0, np.log(2.0 + np.exp(5.0)) - 5.0],
+        atol=TIGHT,  # logsumexp(...) - 5 cancels: float32 keeps ~1e-7 absolute, not relative
+    )
+    np.testing.assert_array_equal(train.is_correct(multi, jnp.array([0, 2])), [False, True])
+    with pytest.raises(ValueError, match="logits"):
+        train.per_example_loss(jnp.zeros((2, 3, 4)), jnp.zeros(2, jnp.int32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(-30, 30, allow_nan=False), min_size=16, max_size=16),
+    st.lists(st.integers(0, 1), min_size=16, max_size=16),
+)
+def test_single_logit_equals_two_class_softmax(logits, labels):
+    """sigmoid BCE of z is softmax CE of [0, z]; both predict class 1 iff z > 0."""
+    z = jnp.asarray(logits, jnp.float32)
+    single, two, correct_single, correct_two = _both_forms(z, jnp.asarray(labels))
+    # Both are log-sum-exp of two terms computed in float32 by different formulas.
+    np.testing.assert_allclose(single, two, rtol=LOOSE, atol=LOOSE)
+    np.testing.assert_array_equal(correct_single, correct_two)
+
+
+@jax.jit
+def _both_forms(z, y):
+    two = jnp.stack([jnp.zeros_like(z), z], axis=1)
+    return (
+        train.per_example_loss(z, y),
+        train.per_example_loss(two, y),
+        train.is_correct(z, y),
+        train.is_correct(two, y),  # argmax picks class 0 on a tie, as z > 0 does
+    )
+
+
+def _torch_rule(name, lr, momentum, weight_decay, steps):
+    """PyTorch's update rules written out in numpy, on the loss 0.5 * |p - 1|^2."""
+    p = np.array([0.5, -2.0, 3.0])
+    buf, m, v = None, np.zeros(3), np.zeros(3)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for t in range(1, steps + 1):
+        g = p - 1.0
+        if name == "sgd":
+            g = g + weight_decay * p
+            buf = g if buf is None else momentum * buf + g
+            p = p - lr * (buf if momentum else g)
+            continue
+        if name == "adam":
+            g = g + weight_decay * p
+        else:  # adamw: decoupled decay
+            p = p * (1 - lr * weight_decay)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("name", "momentum", "weight_decay"),
+    [
+        ("sgd", 0.0, 0.0),
+        ("sgd", 0.9, 5e-4),
+        ("adam", 0.0, 0.0),
+        ("adam", 0.0, 1e-2),
+        ("adamw", 0.0, 1e-2),
+    ],
+)
+def test_optimizers_follow_pytorch_update_rules(name, momentum, weight_decay):
+    config = train.TrainConfig(
+        optimizer=name, learning_rate=0.1, momentum=momentum, weight_decay=weight_decay
+    )
+    tx = train.make_optimizer(config)
+    p = jnp.array([0.5, -2.0, 3.0])
+    state = tx.init(p)
+    for _ in range(5):
+        updates, state = tx.update(p - 1.0, state, p)
+        p = optax.apply_updates(p, updates)
+    np.testing.assert_allclose(p, _torch_rule(name, 0.1, momentum, weight_decay, 5), rtol=LOOSE)
+
+
+@settings(max_examples=6, deadline=None)  # each (N, B) compiles once
+@given(st.integers(1, 200), st.data())
+def test_epoch_batches_are_a_permutation_cut_into_batches(n, data):
+    b = data.draw(st.integers(1, n))
+    rows = np.asarray(train.epoch_batches(jax.random.key(n), n, b))
+    assert rows.shape == (n // b, b) and rows.dtype == np.int32
+    flat = rows.ravel()
+    assert len(np.unique(flat)) == flat.size and flat.min() >= 0 and flat.max() < n
+    np.testing.assert_array_equal(rows, train.epoch_batches(jax.random.key(n), n, b))
+
+
+def test_epoch_batches_change_with_the_key():
+    a = train.epoch_batches(jax.random.key(0), 50, 10)
+    b = train.epoch_batches(jax.random.key(1), 50, 10)
+    assert not np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------- the jitted step
+
+
+def test_train_step_matches_a_plain_nnx_loop():
+    """Six donated steps equal nnx.Optimizer + nnx.value_and_grad on the same batches, BatchNorm
+    statistics included."""
+    config = train.TrainConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9)
+    model = TinyCNN(dropout=0.0, rngs=nnx.Rngs(0))
+    reference = TinyCNN(dropout=0.0, rngs=nnx.Rngs(0))
+    graphdef, state = train.create_train_state(model, config)
+    step = train.make_train_step(graphdef, config, scale)
+    images, labels = jnp.asarray(TRAIN[0]), jnp.asarray(TRAIN[1])
+    batches = train.epoch_batches(jax.random.key(3), 100, 16)  # 6 batches
+
+    optimizer = nnx.Optimizer(reference, train.make_optimizer(config), wrt=nnx.Param)
+    reference.train()
+    expected = []
+
+    @nnx.jit
+    def reference_step(model, optimizer, x, y):
+        def loss_fn(m):
+            return train.per_example_loss(m(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    for row in np.asarray(batches):
+        loss = reference_step(reference, optimizer, scale(images[row], None), labels[row])
+        expected.append(float(loss))
+
+    losses = []
+    for _ in range(6):
+        state, metrics = step(state, images, labels, batches)
+        assert metrics.shape == (1, 2)
+        losses.append(float(metrics[0, 0]))
+    assert int(state.step) == 6
+    np.testing.assert_allclose(losses, expected, rtol=LOOSE)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=LOOSE, atol=TIGHT),
+        state.params,
+        nnx.to_pure_dict(nnx.state(reference, nnx.Param)),
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=LOOSE, atol=TIGHT),
+        state.rest["bn"],
+        nnx.to_pure_dict(nnx.state(reference, nnx.BatchStat))["bn"],
+    )
+    # The model handed to create_train_state still owns intact (undonated) arrays.
+    assert float(jnp.sum(model.fc.kernel[...])) == pytest.approx(
+        float(jnp.sum(TinyCNN(dropout=0.0, rngs=nnx.Rngs(0)).fc.kernel[...]))
+    )
+
+
+# ---------------------------------------------------------------- fit
+
+
+KEYS_SEEN = set()
+
+
+def augment(images, key):
+    """`scale`, plus Gaussian noise on training batches; notes which kinds of call it saw."""
+    KEYS_SEEN.add("eval" if key is None else "train")
+    x = scale(images, None)
+    return x if key is None else x + 0.1 * jax.random.normal(key, x.shape)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """TinyCNN (BatchNorm + dropout) trained 4 epochs on TRAIN with augmentation and validation."""
+    model = TinyCNN(rngs=nnx.Rngs(0))
+    config = train.TrainConfig(epochs=4, batch_size=32, learning_rate=0.05, eval_batch_size=16)
+    KEYS_SEEN.clear()
+    history = train.fit(model, TRAIN, VAL, config, preprocess=augment, progress=False)
+    return model, history, config, set(KEYS_SEEN)
+
+
+def test_fit_history(fitted):
+    model, history, *_ = fitted
+    assert history.steps_per_epoch == 3  # 100 // 32; the ragged 4 are dropped
+    assert history.step_loss.shape == (12,) and history.epochs_run == 4
+    np.testing.assert_allclose(
+        history.train_loss, history.step_loss.reshape(4, 3).mean(1), rtol=TIGHT
+    )
+    np.testing.assert_allclose(
+        history.train_accuracy, history.step_accuracy.reshape(4, 3).mean(1), rtol=TIGHT
+    )
+    assert history.best_epoch == int(np.argmin(history.val_loss)) + 1
+    assert not history.stopped_early
+    assert history.train_loss[-1] < history.train_loss[0]
+    # The last validation numbers are those of the returned model, all 40 examples counted.
+    final = train.evaluate(model, *VAL, batch_size=16, preprocess=augment)
+    assert final["loss"] == pytest.approx(history.val_loss[-1], rel=LOOSE)
+    assert final["accuracy"] == pytest.approx(history.val_accuracy[-1], abs=1e-7)
+    restored = train.History.from_dict(json.loads(json.dumps(history.to_dict())))
+    assert restored.to_dict() == history.to_dict()
+    np.testing.assert_array_equal(restored.step_loss, history.step_loss)
+
+
+def test_fit_is_reproducible_and_seeded(fitted):
+    """Permutations, augmentation noise and dropout masks all come from `config.seed`."""
+    _, history, config, _ = fitted
+    again = TinyCNN(rngs=nnx.Rngs(0))
+    history_again = train.fit(again, TRAIN, VAL, config, preprocess=augment, progress=False)
+    np.testing.assert_array_equal(history_again.step_loss, history.step_loss)
+    other = TinyCNN(rngs=nnx.Rngs(0))
+    reseeded = dataclasses.replace(config, seed=1)
+    history_other = train.fit(other, TRAIN, VAL, reseeded, preprocess=augment, progress=False)
+    assert not np.array_equal(history_other.step_loss, history.step_loss)
+
+
+def test_preprocess_gets_a_key_in_training_and_none_in_evaluation(fitted):
+    *_, keys_seen = fitted
+    assert keys_seen == {"train", "eval"}
+
+
+def test_steps_per_call_fuses_steps_without_changing_them():
+    config = train.TrainConfig(epochs=2, batch_size=20, optimizer="sgd", learning_rate=0.1)
+    one = TinyMLP(rngs=nnx.Rngs(0))
+    fused = TinyMLP(rngs=nnx.Rngs(0))
+    data = make_data(100, num_classes=3)
+    h_one = train.fit(one, data, None, config, preprocess=scale, progress=False)
+    fused_config = dataclasses.replace(config, steps_per_call=2)  # 5 steps: 2 fused calls + 1
+    h_fused = train.fit(fused, data, None, fused_config, preprocess=scale, progress=False)
+    assert h_fused.step_loss.shape == (10,)
+    np.testing.assert_allclose(h_fused.step_loss, h_one.step_loss, rtol=LOOSE)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=LOOSE, atol=TIGHT),
+        params_of(fused),
+        params_of(one),
+    )
+
+
+def test_freezing_the_backbone_keeps_it_exactly():
+    """trainable=("fc",): conv and BatchNorm parameters and statistics do not move, fc does, and
+    only fc has optimiser state."""
+    model = TinyCNN(rngs=nnx.Rngs(0))
+    before_params, before_stats = params_of(model), stats_of(model)
+    config = train.TrainConfig(epochs=2, batch_size=25, learning_rate=0.05, trainable=("fc",))
+    train.fit(model, TRAIN, None, config, preprocess=scale, progress=False)
+    after_params, after_stats = params_of(model), stats_of(model)
+    assert_trees_equal(after_params["conv"], before_params["conv"])
+    assert_trees_equal(after_params["bn"], before_params["bn"])
+    assert_trees_equal(after_stats, before_stats)  # frozen BatchNorm runs in eval mode
+    assert not np.array_equal(after_params["fc"]["kernel"], before_params["fc"]["kernel"])
+
+    _, state = train.create_train_state(model, config)
+    assert set(state.params) == {"fc"}
+    assert set(state.opt_state[0].mu) == {"fc"}
+
+    unfrozen = TinyCNN(rngs=nnx.Rngs(0))
+    train.fit(
+        unfrozen,
+        TRAIN,
+        None,
+        dataclasses.replace(config, trainable=None),
+        preprocess=scale,
+        progress=False,
+    )
+    assert not np.array_equal(stats_of(unfrozen)["bn"]["mean"], before_stats["bn"]["mean"])
+
+
+def test_trainable_names_must_exist():
+    with pytest.raises(ValueError, match=r"\['head'\].*\['bn', 'conv', 'fc'\]"):
+        train.create_train_state(TinyCNN(rngs=nnx.Rngs(0)), train.TrainConfig(trainable=("head",)))
+
+
+def test_early_stopping_restores_the_best_epoch():
+    """Validation labels are the training labels flipped, so validation loss rises as the model
+    learns: training stops `patience` epochs after the best one and returns its parameters."""
+    flipped = (TRAIN[0], 1 - TRAIN[1])
+    config = train.TrainConfig(
+        epochs=12, batch_size=25, learning_rate=0.05, patience=2, eval_batch_size=32
+    )
+    model = TinyCNN(rngs=nnx.Rngs(0))
+    history = train.fit(model, TRAIN, flipped, config, preprocess=scale, progress=False)
+    best = history.best_epoch
+    assert history.stopped_early and history.epochs_run == best + 2 < 12
+    assert history.val_loss[best - 1] == min(history.val_loss)
+    # The same run stopped after `best` epochs ends with the same parameters.
+    short = TinyCNN(rngs=nnx.Rngs(0))
+    train.fit(
+        short,
+        TRAIN,
+        flipped,
+        dataclasses.replace(config, epochs=best, patience=None),
+        preprocess=scale,
+        progress=False,
+    )
+    assert_trees_equal(params_of(model), params_of(short))
+    assert_trees_equal(stats_of(model), stats_of(short))
+
+
+def test_early_stopping_on_accuracy_counts_only_strict_improvements():
+    history = train.History()
+    config = train.TrainConfig(patience=2, monitor="val_accuracy")
+    for accuracy in (0.5, 0.7, 0.7, 0.6):
+        history.train_loss.append(0.0)
+        train._record_val(history, np.array([1.0, accuracy]), config)
+    assert history.best_epoch == 2 and history.stopped_early
+
+
+@pytest.mark.parametrize(
+    ("train_data", "val", "config", "kwargs", "match"),
+    [
+        ((TRAIN[0][:, :, :, 0], TRAIN[1]), None, {}, {}, "NHWC"),
+        ((TRAIN[0], TRAIN[1][:50]), None, {}, {}, "labels must be"),
+        ((TRAIN[0], TRAIN[1].astype(np.float32)), None, {}, {}, "integers"),
+        ((TRAIN[0], TRAIN[1] * 2), None, {}, {}, r"single logit.*\{0, 1\}"),
+        (TRAIN, None, {"batch_size": 101}, {}, "batch_size"),
+        (TRAIN, None, {"patience": 2}, {}, "validation"),
+        (TRAIN, None, {}, {"resume": True}, "checkpoint_dir"),
+        (TRAIN, (VAL[0][:, :4], VAL[1]), {}, {}, "val images"),
+    ],
+)
+def test_fit_rejects_bad_input(train_data, val, config, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train.fit(
+            TinyCNN(rngs=nnx.Rngs(0)),
+            train_data,
+            val,
+            train.TrainConfig(**config),
+            progress=False,
+            **kwargs,
+        )
+
+
+# ---------------------------------------------------------------- prediction
+
+
+def test_predict_logits_is_eval_mode_and_independent_of_the_batch():
+    model = TinyCNN(num_classes=3, rngs=nnx.Rngs(0))
+    # Running statistics far from the batch statistics make any use of the batch visible.
+    nnx.update(model, {"bn": {"mean": jnp.full(4, 0.3), "var": jnp.full(4, 2.0)}})
+    images = TRAIN[0][:20]
+    logits = train.predict_logits(model, images, batch_size=64, preprocess=scale)
+    assert logits.shape == (20, 3) and logits.dtype == jnp.float32
+    assert model.drop.deterministic is False  # the model's own mode is left alone
+    np.testing.assert_allclose(
+        train.predict_logits(model, images, batch_size=7, preprocess=scale), logits, atol=TIGHT
+    )
+    alone = train.predict_logits(model, images[11:12], preprocess=scale)
+    np.testing.assert_allclose(alone[0], logits[11], atol=TIGHT)
+    np.testing.assert_array_equal(
+        train.predict_logits(model, images, batch_size=64, preprocess=scale), logits
+    )
+    expected = nnx.view(model, deterministic=True, use_running_average=True)(scale(images, None))
+    np.testing.assert_allclose(logits, expected, atol=TIGHT)
+
+
+def test_predict_logits_single_logit_is_flat():
+    model = TinyCNN(num_classes=1, rngs=nnx.Rngs(0))
+    logits = train.predict_logits(model, jnp.asarray(TRAIN[0][:5]), preprocess=scale)
+    assert logits.shape == (5,)
+    with pytest.raises(ValueError, match="images"):
+        train.predict_logits(model, TRAIN[0][0])
+
+
+# ---------------------------------------------------------------- the real LeNet-5
+
+
+def test_real_lenet5_head_only():
+    models = pytest.importorskip("jaxcal.models")
+    model = models.LeNet5.lenet5_bn(rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, 48).astype(np.int32)
+    before_params, before_stats = params_of(model), stats_of(model)
+    config = train.TrainConfig(epochs=1, batch_size=16, trainable=(model.head_name,))
+    history = train.fit(model, (images, labels), None, config, preprocess=scale, progress=False)
+    assert history.step_loss.shape == (3,) and np.isfinite(history.step_loss).all()
+    after = params_of(model)
+    for name in before_params:
+        if name != "head":
+            assert_trees_equal(after[name], before_params[name])
+    assert_trees_equal(stats_of(model), before_stats)
+    assert not np.array_equal(after["head"]["kernel"], before_params["head"]["kernel"])
+    assert train.predict_logits(model, images[:5], preprocess=scale).shape == (5,)
+
+
+# ---------------------------------------------------------------- data parallel
+
+_DATA_PARALLEL = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    from flax import nnx
+    sys.path.insert(0, sys.argv[1])
+    from test_train import TinyCNN, TRAIN, VAL, scale, params_of
+    from jaxcal import train
+
+    assert jax.device_count() == 8, jax.devices()
+    config = train.TrainConfig(epochs=2, batch_size=16, learning_rate=0.05, eval_batch_size=12)
+    runs = {}
+    for name, devices in (("one", jax.devices()[:1]), ("eight", jax.devices())):
+        model = TinyCNN(rngs=nnx.Rngs(0))
+        history = train.fit(
+            model, TRAIN, VAL, config, preprocess=scale, progress=False, devices=devices
+        )
+        logits = train.predict_logits(model, VAL[0], batch_size=12, preprocess=scale)
+        runs[name] = {
+            "step_loss": history.step_loss.tolist(),
+            "val_loss": history.val_loss,
+            "params": jax.tree.map(lambda a: a.tolist(), params_of(model)),
+            "logits": np.asarray(logits).tolist(),
+            "replicated_on": len(model.fc.kernel[...].sharding.device_set)
+            if model.fc.kernel[...].sharding.is_fully_replicated
+            else 0,
+        }
+    try:
+        train.fit(TinyCNN(rngs=nnx.Rngs(0)), TRAIN, None, train.TrainConfig(batch_size=12),
+                  progress=False)
+    except ValueError as error:
+        runs["error"] = str(error)
+    print("RESULT " + json.dumps(runs))
+    """
+)
+
+
+@pytest.mark.slow
+def test_data_parallel_matches_one_device(tmp_path):
+    """8 simulated CPU devices (a fresh process: the flag must precede importing jax)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    script = tmp_path / "data_parallel.py"
+    script.write_text(_DATA_PARALLEL)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    done = subprocess.run(
+        [sys.executable, str(script), tests_dir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(s for s in done.stdout.splitlines() if s.startswith("RESULT "))
+    runs = json.loads(line[len("RESULT ") :])
+    one, eight = runs["one"], runs["eight"]
+    # Same arithmetic, summed in a different order across devices.
+    np.testing.assert_allclose(eight["step_loss"], one["step_loss"], rtol=LOOSE, atol=LOOSE)
+    np.testing.assert_allclose(eight["val_loss"], one["val_loss"], rtol=LOOSE, atol=LOOSE)
+    np.testing.assert_allclose(eight["logits"], one["logits"], rtol=LOOSE, atol=LOOSE)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=LOOSE, atol=LOOSE),
+        eight["params"],
+        one["params"],
+    )
+    assert (one["replicated_on"], eight["replicated_on"]) == (1, 8)
+    assert "batch_size 12 must divide by the 8 devices" in runs["error"]
