@@ -1,0 +1,1 @@
+"""The studies of the original notebooks, each runnable as `python -m experiments.<name>`."""
