@@ -1,0 +1,50 @@
+"""Calibration metrics and temperature scaling in pure JAX (imports only jax, optax and numpy).
+
+Scores are [N] (binary: one logit per sample, or p(y=1) with from_logits=False) or [N, K]
+(multiclass logits or probabilities); labels are [N] ints. Every function works under
+`jax.jit` and `jax.vmap`. Shape, rank, dtype and option errors raise at once (also under jit);
+value checks (finite scores, probabilities in [0, 1], labels in range) run eagerly, on
+concrete arrays only.
+"""
+
+from jaxcal.calibration.metrics import (
+    BootstrapInterval,
+    ReliabilityBins,
+    accuracy,
+    brier_score,
+    calibration_error,
+    classwise_ece,
+    ece,
+    ece_bootstrap,
+    nll,
+    reliability_bins,
+)
+from jaxcal.calibration.temperature import (
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
+    TemperatureFit,
+    TemperatureSweep,
+    apply_temperature,
+    fit_temperature,
+    temperature_sweep,
+)
+
+__all__ = [
+    "MAX_TEMPERATURE",
+    "MIN_TEMPERATURE",
+    "BootstrapInterval",
+    "ReliabilityBins",
+    "TemperatureFit",
+    "TemperatureSweep",
+    "accuracy",
+    "apply_temperature",
+    "brier_score",
+    "calibration_error",
+    "classwise_ece",
+    "ece",
+    "ece_bootstrap",
+    "fit_temperature",
+    "nll",
+    "reliability_bins",
+    "temperature_sweep",
+]

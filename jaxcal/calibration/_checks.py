@@ -1,0 +1,155 @@
+"""Eager input validation for jaxcal.calibration: shapes and options always, values if concrete."""
+
+import warnings
+from collections.abc import Collection
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Rows of [N, K] probabilities must sum to one within this tolerance (float32 softmax rows are
+# off by ~1e-6 * K; anything beyond 1e-3 is unnormalised scores, not probabilities).
+ROW_SUM_ATOL = 1e-3
+
+
+def is_concrete(x: Any) -> bool:
+    """True when `x` holds values (not a tracer inside jit/vmap/grad)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_option(name: str, value: Any, allowed: Collection[str]) -> None:
+    """Raises ValueError unless `value` is one of the `allowed` strings."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Returns `value` as an int; raises TypeError/ValueError unless it is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a Python int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def check_probability(name: str, value: Any) -> float:
+    """Returns `value` as a float; raises ValueError unless 0 < value < 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a float in (0, 1), got {value!r}")
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
+    return float(value)
+
+
+def check_key(name: str, key: Any) -> jax.Array:
+    """Returns `key` if it is a single jax.random key (typed, or raw uint32 [2]); else TypeError."""
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
+    raw = key.dtype == jnp.uint32 and key.shape == (2,)
+    if not (typed or raw):
+        raise TypeError(
+            f"{name} must be one jax.random key (jax.random.key(seed)), got dtype {key.dtype} "
+            f"and shape {key.shape}"
+        )
+    return key
+
+
+def as_float_array(name: str, x: Any) -> jax.Array:
+    """Converts `x` to a floating jax array (at least float32); TypeError for non-real input."""
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must be real-valued, got dtype {x.dtype}")
+    if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.finfo(x.dtype).bits < 32:
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return x
+
+
+def check_finite(name: str, x: jax.Array) -> None:
+    """Raises ValueError if concrete `x` has NaN or inf entries (skipped for tracers)."""
+    if not is_concrete(x):
+        return
+    bad = ~np.isfinite(np.asarray(x))
+    if bad.any():
+        where = np.argwhere(bad)[:3].tolist()
+        raise ValueError(
+            f"{name} must be finite; found {int(bad.sum())} NaN/inf entries (first at {where})"
+        )
+
+
+def check_scores_labels(
+    scores: Any, labels: Any, *, from_logits: bool, name: str = "scores"
+) -> tuple[jax.Array, jax.Array]:
+    """Validates classifier outputs and labels and returns them as jax arrays.
+
+    Shape, rank and dtype checks always run (also under `jit`/`vmap`); value checks (finite
+    scores, probabilities in [0, 1] summing to one, labels in range) run only on concrete arrays.
+
+    Args:
+      scores: [N] binary logits (or p(y=1) with from_logits=False), or [N, K] multiclass
+        logits (or probabilities), K >= 2.
+      labels: [N] integer class labels in [0, 2) for [N] scores, [0, K) for [N, K] scores.
+      from_logits: whether `scores` are logits (any finite value) or probabilities.
+      name: what the caller calls `scores` ("logits" in temperature scaling), for messages.
+
+    Returns:
+      (scores, labels): floating [N] or [N, K] and int32 [N] jax arrays.
+    """
+    if not isinstance(from_logits, bool):
+        raise TypeError(f"from_logits must be a bool, got {from_logits!r}")
+    scores = as_float_array(name, scores)
+    labels = jnp.asarray(labels)
+    if scores.ndim not in (1, 2):
+        raise ValueError(
+            f"{name} must have shape [N] (binary) or [N, K] (multiclass), got {scores.shape}"
+        )
+    if scores.ndim == 2 and scores.shape[1] < 2:
+        raise ValueError(
+            f"{name} of shape {scores.shape}: [N, K] needs K >= 2 classes; pass a single binary "
+            "logit as shape [N] (e.g. scores[:, 0])"
+        )
+    if labels.ndim != 1:
+        raise ValueError(f"labels must have shape [N], got {labels.shape}")
+    if not (jnp.issubdtype(labels.dtype, jnp.integer) or labels.dtype == jnp.bool_):
+        raise TypeError(
+            f"labels must be integers, got dtype {labels.dtype}; cast with labels.astype(int)"
+        )
+    if scores.shape[0] == 0:
+        raise ValueError(f"{name} must be non-empty, got 0 samples")
+    if labels.shape[0] != scores.shape[0]:
+        raise ValueError(
+            f"labels must have one entry per sample: {name} has {scores.shape[0]} samples, "
+            f"labels has {labels.shape[0]}"
+        )
+    num_classes = 2 if scores.ndim == 1 else scores.shape[1]
+    check_finite(name, scores)
+    if is_concrete(scores) and from_logits and scores.ndim == 2:
+        s = np.asarray(scores)
+        if s.min() >= 0.0 and np.abs(s.sum(axis=1, dtype=np.float64) - 1.0).max() <= ROW_SUM_ATOL:
+            warnings.warn(
+                f"{name} rows are non-negative and sum to 1: they look like probabilities, but "
+                "from_logits=True treats them as logits (pass from_logits=False)",
+                stacklevel=3,
+            )
+    if is_concrete(scores) and not from_logits:
+        s = np.asarray(scores)
+        if s.min() < 0.0 or s.max() > 1.0:
+            raise ValueError(
+                f"{name} must be probabilities in [0, 1] when from_logits=False, got values in "
+                f"[{s.min():.6g}, {s.max():.6g}] (pass from_logits=True for logits)"
+            )
+        if s.ndim == 2:
+            err = np.abs(s.sum(axis=1, dtype=np.float64) - 1.0).max()
+            if err > ROW_SUM_ATOL:
+                raise ValueError(
+                    f"{name} rows must sum to 1 when from_logits=False (max deviation "
+                    f"{err:.3g}); pass from_logits=True for logits"
+                )
+    if is_concrete(labels):
+        lab = np.asarray(labels)
+        if lab.min() < 0 or lab.max() >= num_classes:
+            raise ValueError(
+                f"labels must be in [0, {num_classes - 1}] for {name} of shape {scores.shape}, "
+                f"got values in [{lab.min()}, {lab.max()}]"
+            )
+    return scores, labels.astype(jnp.int32)

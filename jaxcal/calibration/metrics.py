@@ -1,0 +1,540 @@
+"""Calibration metrics from binned sufficient statistics: ECE family, NLL, Brier, accuracy."""
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcal.calibration import _checks
+
+BINARY_MODES = ("positive", "top_label")
+CLOSED_RULES = ("left", "right")
+NORMS = ("l1", "l2", "max")
+BINNINGS = ("uniform", "quantile")
+
+
+class ReliabilityBins(NamedTuple):
+    """Per-bin sufficient statistics of a reliability diagram (a pytree; leading axes allowed).
+
+    Every calibration metric and plot derives from these sums. Statistics of several batches or
+    devices combine with `merge` (same edges), so a metric over a large set never needs all
+    predictions in memory at once.
+
+    Attributes:
+      edges: [..., B + 1] bin edges, 0 and 1 outermost (uniform or quantile).
+      counts: [..., B] int32 number of samples per bin.
+      confidence_sum: [..., B] sum of confidences per bin.
+      target_sum: [..., B] sum of targets per bin: correct predictions for top-label
+        (multiclass or binary="top_label"), samples with y == 1 for binary="positive".
+    """
+
+    edges: jax.Array
+    counts: jax.Array
+    confidence_sum: jax.Array
+    target_sum: jax.Array
+
+    @property
+    def num_samples(self) -> jax.Array:
+        """[...] total number of samples."""
+        return jnp.sum(self.counts, axis=-1)
+
+    @property
+    def mean_confidence(self) -> jax.Array:
+        """[..., B] mean confidence per bin, 0 where a bin is empty."""
+        return self.confidence_sum / jnp.maximum(self.counts, 1).astype(self.confidence_sum.dtype)
+
+    @property
+    def accuracy(self) -> jax.Array:
+        """[..., B] mean target per bin (accuracy, or frequency of y == 1), 0 where empty."""
+        return self.target_sum / jnp.maximum(self.counts, 1).astype(self.target_sum.dtype)
+
+    def merge(self, other: "ReliabilityBins") -> "ReliabilityBins":
+        """Adds the statistics of `other` (e.g. another batch or device) to these.
+
+        Args:
+          other: statistics with the same bin edges.
+
+        Returns:
+          The statistics of the union of both sample sets.
+
+        Raises:
+          ValueError: the edges differ in shape, or (checked on concrete arrays) in value, e.g.
+            quantile bins computed on different batches.
+        """
+        if self.edges.shape != other.edges.shape:
+            raise ValueError(
+                f"other must have the same bin edges: shapes {self.edges.shape} and "
+                f"{other.edges.shape}"
+            )
+        if (
+            _checks.is_concrete(self.edges)
+            and _checks.is_concrete(other.edges)
+            and not np.array_equal(np.asarray(self.edges), np.asarray(other.edges))
+        ):
+            raise ValueError(
+                "other must have the same bin edges (quantile bins of different batches cannot "
+                "be merged; use binning='uniform' or shared edges)"
+            )
+        return ReliabilityBins(
+            edges=self.edges,
+            counts=self.counts + other.counts,
+            confidence_sum=self.confidence_sum + other.confidence_sum,
+            target_sum=self.target_sum + other.target_sum,
+        )
+
+
+class BootstrapInterval(NamedTuple):
+    """A point estimate with a percentile bootstrap confidence interval (scalars)."""
+
+    estimate: jax.Array
+    lower: jax.Array
+    upper: jax.Array
+
+
+def _check_bin_options(num_bins: int, binary: str, closed: str, binning: str) -> int:
+    _checks.check_option("binary", binary, BINARY_MODES)
+    _checks.check_option("closed", closed, CLOSED_RULES)
+    _checks.check_option("binning", binning, BINNINGS)
+    return _checks.check_positive_int("num_bins", num_bins)
+
+
+def _probabilities(scores: jax.Array, from_logits: bool) -> jax.Array:
+    """[N] p(y=1) or [N, K] class probabilities."""
+    if not from_logits:
+        return scores
+    return jax.nn.sigmoid(scores) if scores.ndim == 1 else jax.nn.softmax(scores, axis=-1)
+
+
+def _predictions(scores: jax.Array, from_logits: bool) -> jax.Array:
+    """[N] predicted class: p > 0.5 (logit > 0) for binary, argmax for multiclass."""
+    if scores.ndim == 2:
+        return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+    return (scores > (0.0 if from_logits else 0.5)).astype(jnp.int32)
+
+
+def _confidence_and_target(
+    scores: jax.Array, labels: jax.Array, *, from_logits: bool, binary: str
+) -> tuple[jax.Array, jax.Array]:
+    """The per-sample (confidence, target) pairs that a reliability diagram bins.
+
+    Assumes validated inputs (no checks here; the public metrics check first).
+
+    Args:
+      scores: [N] binary logits/probabilities or [N, K] multiclass logits/probabilities.
+      labels: [N] int labels.
+      from_logits: whether `scores` are logits.
+      binary: for [N] scores, "positive" (confidence p(y=1), target y) or "top_label"
+        (confidence max(p, 1 - p), target prediction correct). Ignored for [N, K].
+
+    Returns:
+      confidence: [N] in [0, 1]; target: [N] in {0, 1}, both of the scores' float dtype.
+    """
+    dtype = scores.dtype
+    if scores.ndim == 1 and binary == "positive":
+        return _probabilities(scores, from_logits), labels.astype(dtype)
+    predicted = _predictions(scores, from_logits)
+    if scores.ndim == 1:
+        # sigmoid(|z|) keeps full precision for confident logits (1 - sigmoid(z) would not).
+        if from_logits:
+            confidence = jax.nn.sigmoid(jnp.abs(scores))
+        else:
+            confidence = jnp.maximum(scores, 1.0 - scores)
+    else:
+        confidence = jnp.max(_probabilities(scores, from_logits), axis=-1)
+    return confidence, (predicted == labels).astype(dtype)
+
+
+def _edges(confidence: jax.Array, num_bins: int, binning: str) -> jax.Array:
+    """[B + 1] bin edges; uniform edges are k / B correctly rounded, so 0.3 is the edge 3 / 10."""
+    if binning == "uniform":
+        return jnp.asarray(np.arange(num_bins + 1) / num_bins, confidence.dtype)
+    q = jnp.quantile(confidence, jnp.linspace(0.0, 1.0, num_bins + 1, dtype=confidence.dtype))
+    return q.at[0].set(0.0).at[-1].set(1.0)
+
+
+def _bin_statistics(
+    confidence: jax.Array, target: jax.Array, edges: jax.Array, *, closed: str
+) -> ReliabilityBins:
+    """Bins (confidence, target) pairs with `jax.ops.segment_sum` over a static bin count.
+
+    Args:
+      confidence: [N] confidences in [0, 1].
+      target: [N] targets in {0, 1} (float).
+      edges: [B + 1] increasing bin edges, 0 and 1 outermost.
+      closed: "left" for [lo, hi) bins with 1.0 in the last bin, "right" for (lo, hi] bins
+        with 0.0 in the first bin.
+
+    Returns:
+      The ReliabilityBins of these samples.
+    """
+    num_bins = edges.shape[-1] - 1
+    side = "right" if closed == "left" else "left"
+    index = jnp.searchsorted(edges[1:-1], confidence, side=side, method="compare_all")
+    ones = jnp.ones(confidence.shape, jnp.int32)
+    return ReliabilityBins(
+        edges=edges,
+        counts=jax.ops.segment_sum(ones, index, num_bins),
+        confidence_sum=jax.ops.segment_sum(confidence, index, num_bins),
+        target_sum=jax.ops.segment_sum(target, index, num_bins),
+    )
+
+
+@partial(jax.jit, static_argnames=("num_bins", "from_logits", "binary", "closed", "binning"))
+def _reliability_bins(scores, labels, num_bins, from_logits, binary, closed, binning):
+    confidence, target = _confidence_and_target(
+        scores, labels, from_logits=from_logits, binary=binary
+    )
+    return _bin_statistics(confidence, target, _edges(confidence, num_bins, binning), closed=closed)
+
+
+def reliability_bins(
+    scores: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    num_bins: int = 15,
+    from_logits: bool = True,
+    binary: str = "positive",
+    closed: str = "left",
+    binning: str = "uniform",
+) -> ReliabilityBins:
+    """Per-bin counts, confidence sums and target sums of a reliability diagram.
+
+    Args:
+      scores: [N] binary logits (or p(y=1) with from_logits=False), or [N, K] multiclass
+        logits (or probabilities), K >= 2; multiclass always uses the top-label confidence.
+      labels: [N] int labels in [0, 2) for [N] scores, [0, K) for [N, K] scores.
+      num_bins: number of bins B >= 1 (static).
+      from_logits: whether `scores` are logits or probabilities.
+      binary: for [N] scores: "positive" (confidence p(y=1), target y == 1; netcal,
+        torchmetrics, sklearn) or "top_label" (confidence max(p, 1 - p), target prediction
+        correct; Guo et al. 2017, TFP).
+      closed: "left": bins [lo, hi) with the last bin closed, so 1.0 falls in the last bin;
+        "right": bins (lo, hi] with 0.0 in the first bin (Guo et al.).
+      binning: "uniform" (equal-width) or "quantile" (equal-mass bins from the confidences).
+
+    Returns:
+      ReliabilityBins with edges [B + 1] and per-bin statistics [B].
+
+    Raises:
+      ValueError / TypeError: bad shapes, ranks, dtypes or options (always), or NaN/inf scores,
+        probabilities outside [0, 1], labels out of range (only eagerly, on concrete arrays:
+        under jit/vmap value checks are skipped).
+    """
+    num_bins = _check_bin_options(num_bins, binary, closed, binning)
+    scores, labels = _checks.check_scores_labels(scores, labels, from_logits=from_logits)
+    return _reliability_bins(scores, labels, num_bins, from_logits, binary, closed, binning)
+
+
+@partial(jax.jit, static_argnames=("norm",))
+def _calibration_error(bins: ReliabilityBins, norm: str) -> jax.Array:
+    dtype = bins.confidence_sum.dtype
+    total = jnp.maximum(bins.num_samples, 1).astype(dtype)[..., None]
+    gap = jnp.abs(bins.accuracy - bins.mean_confidence)
+    weight = bins.counts.astype(dtype) / total
+    if norm == "l1":
+        return jnp.sum(weight * gap, axis=-1)
+    if norm == "l2":
+        return jnp.sqrt(jnp.sum(weight * gap**2, axis=-1))
+    return jnp.max(jnp.where(bins.counts > 0, gap, 0.0), axis=-1)
+
+
+def calibration_error(bins: ReliabilityBins, norm: str = "l1") -> jax.Array:
+    """Calibration error derived from reliability-bin statistics.
+
+    Args:
+      bins: statistics with counts [..., B] (leading axes allowed).
+      norm: "l1" expected calibration error sum_b (n_b / N) |acc_b - conf_b|; "l2" root mean
+        square calibration error sqrt(sum_b (n_b / N) (acc_b - conf_b)^2); "max" maximum
+        calibration error max_b |acc_b - conf_b| over non-empty bins.
+
+    Returns:
+      [...] calibration error in [0, 1] (0 when there are no samples).
+    """
+    _checks.check_option("norm", norm, NORMS)
+    if not isinstance(bins, ReliabilityBins):
+        raise TypeError(f"bins must be a ReliabilityBins, got {type(bins).__name__}")
+    return _calibration_error(bins, norm)
+
+
+def ece(
+    scores: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    num_bins: int = 15,
+    from_logits: bool = True,
+    binary: str = "positive",
+    closed: str = "left",
+    norm: str = "l1",
+    binning: str = "uniform",
+) -> jax.Array:
+    """Expected calibration error (or RMS / maximum calibration error) of binned confidences.
+
+    With the defaults this equals netcal's `ECE` and torchmetrics' `binary_calibration_error` /
+    `multiclass_calibration_error` (for confidences below 1.0, where torchmetrics opens an
+    extra bin). `jax.vmap` over a leading axis evaluates several models or seeds at once.
+
+    Args:
+      scores: [N] binary logits (or p(y=1) with from_logits=False), or [N, K] multiclass
+        logits (or probabilities), K >= 2; multiclass always uses the top-label confidence.
+      labels: [N] int labels in [0, 2) for [N] scores, [0, K) for [N, K] scores.
+      num_bins: number of bins B >= 1 (static).
+      from_logits: whether `scores` are logits or probabilities.
+      binary: "positive" or "top_label"; see `reliability_bins`.
+      closed: "left" ([lo, hi), last bin closed) or "right" ((lo, hi], first bin closed).
+      norm: "l1" (ECE), "l2" (RMS calibration error) or "max" (MCE); see `calibration_error`.
+      binning: "uniform" or "quantile" (equal-mass bins).
+
+    Returns:
+      Scalar calibration error in [0, 1].
+
+    Raises:
+      ValueError / TypeError: as `reliability_bins` (value checks eager-only), or unknown norm.
+    """
+    _checks.check_option("norm", norm, NORMS)
+    bins = reliability_bins(
+        scores,
+        labels,
+        num_bins=num_bins,
+        from_logits=from_logits,
+        binary=binary,
+        closed=closed,
+        binning=binning,
+    )
+    return _calibration_error(bins, norm)
+
+
+@partial(jax.jit, static_argnames=("num_bins", "from_logits", "closed", "norm", "binning"))
+def _classwise_ece(scores, labels, num_bins, from_logits, closed, norm, binning):
+    probs = _probabilities(scores, from_logits)
+    if probs.ndim == 1:
+        probs = jnp.stack([1.0 - probs, probs], axis=-1)
+    classes = jnp.arange(probs.shape[-1])
+
+    def one_vs_rest(confidence, k):
+        target = (labels == k).astype(confidence.dtype)
+        edges = _edges(confidence, num_bins, binning)
+        return _calibration_error(_bin_statistics(confidence, target, edges, closed=closed), norm)
+
+    return jnp.mean(jax.vmap(one_vs_rest, in_axes=(1, 0))(probs, classes))
+
+
+def classwise_ece(
+    scores: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    num_bins: int = 15,
+    from_logits: bool = True,
+    closed: str = "left",
+    norm: str = "l1",
+    binning: str = "uniform",
+) -> jax.Array:
+    """Class-wise ECE: the mean over classes k of the one-vs-rest ECE of p(y = k).
+
+    Args:
+      scores: [N] binary logits/probabilities (treated as the two classes [1 - p, p]) or
+        [N, K] multiclass logits/probabilities.
+      labels: [N] int labels.
+      num_bins, from_logits, closed, norm, binning: as in `ece`.
+
+    Returns:
+      Scalar mean one-vs-rest calibration error in [0, 1].
+    """
+    num_bins = _check_bin_options(num_bins, "positive", closed, binning)
+    _checks.check_option("norm", norm, NORMS)
+    scores, labels = _checks.check_scores_labels(scores, labels, from_logits=from_logits)
+    return _classwise_ece(scores, labels, num_bins, from_logits, closed, norm, binning)
+
+
+def _log_likelihood(scores: jax.Array, labels: jax.Array, from_logits: bool) -> jax.Array:
+    """[N] log-likelihood of each label."""
+    if from_logits:
+        if scores.ndim == 1:
+            # log sigmoid of the signed margin: one exact transcendental per sample.
+            return jax.nn.log_sigmoid(jnp.where(labels == 1, scores, -scores))
+        log_probs = jax.nn.log_softmax(scores, axis=-1)
+        return jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+    if scores.ndim == 1:
+        p_label = jnp.where(labels == 1, scores, 1.0 - scores)
+    else:
+        p_label = jnp.take_along_axis(scores, labels[:, None], axis=-1)[:, 0]
+    return jnp.log(jnp.clip(p_label, jnp.finfo(scores.dtype).eps, 1.0))
+
+
+@partial(jax.jit, static_argnames=("from_logits",))
+def _nll(scores, labels, from_logits):
+    # 0 - x: a perfect fit gives +0.0, not -0.0.
+    return 0.0 - jnp.mean(_log_likelihood(scores, labels, from_logits))
+
+
+def nll(
+    scores: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, from_logits: bool = True
+) -> jax.Array:
+    """Mean negative log-likelihood (binary cross-entropy for [N], cross-entropy for [N, K]).
+
+    Args:
+      scores: [N] binary logits (or p(y=1)) or [N, K] logits (or probabilities).
+      labels: [N] int labels.
+      from_logits: whether `scores` are logits (exact, via log-sigmoid / log-softmax) or
+        probabilities (clipped below at float eps, as sklearn's `log_loss`, so a confident
+        wrong probability of exactly 0 costs -log(eps) instead of inf; prefer logits).
+
+    Returns:
+      Scalar mean NLL in nats.
+    """
+    scores, labels = _checks.check_scores_labels(scores, labels, from_logits=from_logits)
+    return _nll(scores, labels, from_logits)
+
+
+@partial(jax.jit, static_argnames=("from_logits",))
+def _brier_score(scores, labels, from_logits):
+    probs = _probabilities(scores, from_logits)
+    if probs.ndim == 1:
+        return jnp.mean((probs - labels.astype(probs.dtype)) ** 2)
+    one_hot = jax.nn.one_hot(labels, probs.shape[-1], dtype=probs.dtype)
+    return jnp.mean(jnp.sum((probs - one_hot) ** 2, axis=-1))
+
+
+def brier_score(
+    scores: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, from_logits: bool = True
+) -> jax.Array:
+    """Brier score: mean squared error of the predicted probabilities.
+
+    Args:
+      scores: [N] binary logits (or p(y=1)) or [N, K] logits (or probabilities).
+      labels: [N] int labels.
+      from_logits: whether `scores` are logits or probabilities.
+
+    Returns:
+      Scalar: mean (p - y)^2 in [0, 1] for [N] scores (sklearn's `brier_score_loss`);
+      mean over samples of sum_k (p_k - 1[y = k])^2 in [0, 2] for [N, K] scores (Brier 1950).
+    """
+    scores, labels = _checks.check_scores_labels(scores, labels, from_logits=from_logits)
+    return _brier_score(scores, labels, from_logits)
+
+
+@partial(jax.jit, static_argnames=("from_logits",))
+def _accuracy(scores, labels, from_logits):
+    return jnp.mean((_predictions(scores, from_logits) == labels).astype(scores.dtype))
+
+
+def accuracy(
+    scores: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, from_logits: bool = True
+) -> jax.Array:
+    """Fraction of correct predictions (binary: p > 0.5, i.e. logit > 0; multiclass: argmax).
+
+    Args:
+      scores: [N] binary logits (or p(y=1)) or [N, K] logits (or probabilities).
+      labels: [N] int labels.
+      from_logits: whether `scores` are logits or probabilities.
+
+    Returns:
+      Scalar accuracy in [0, 1].
+    """
+    scores, labels = _checks.check_scores_labels(scores, labels, from_logits=from_logits)
+    return _accuracy(scores, labels, from_logits)
+
+
+@partial(
+    jax.jit,
+    static_argnames=(
+        "num_resamples",
+        "num_bins",
+        "from_logits",
+        "binary",
+        "closed",
+        "norm",
+        "binning",
+        "batch_size",
+    ),
+)
+def _ece_bootstrap(
+    scores,
+    labels,
+    key,
+    num_resamples,
+    confidence,
+    num_bins,
+    from_logits,
+    binary,
+    closed,
+    norm,
+    binning,
+    batch_size,
+):
+    conf, target = _confidence_and_target(scores, labels, from_logits=from_logits, binary=binary)
+    n = conf.shape[0]
+
+    def error(c, t):
+        bins = _bin_statistics(c, t, _edges(c, num_bins, binning), closed=closed)
+        return _calibration_error(bins, norm)
+
+    def resample(r):
+        index = jax.random.randint(jax.random.fold_in(key, r), (n,), 0, n)
+        return error(conf[index], target[index])
+
+    # Round up to whole chunks (one compiled loop body, no remainder body), then drop extras.
+    padded = -(-num_resamples // batch_size) * batch_size
+    replicates = jax.lax.map(resample, jnp.arange(padded), batch_size=batch_size)[:num_resamples]
+    alpha = (1.0 - confidence) / 2.0
+    lower, upper = jnp.quantile(replicates, jnp.stack([alpha, 1.0 - alpha]).astype(conf.dtype))
+    return BootstrapInterval(error(conf, target), lower, upper)
+
+
+def ece_bootstrap(
+    scores: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    key: jax.Array,
+    *,
+    num_resamples: int = 1000,
+    confidence: float = 0.95,
+    num_bins: int = 15,
+    from_logits: bool = True,
+    binary: str = "positive",
+    closed: str = "left",
+    norm: str = "l1",
+    binning: str = "uniform",
+) -> BootstrapInterval:
+    """ECE with a percentile bootstrap confidence interval, in one compiled call.
+
+    Each resample draws N samples with replacement (its key is `fold_in(key, r)`) and
+    recomputes the binned error (quantile edges are re-estimated per resample); resamples are
+    vmapped in chunks with `lax.map`, so memory stays O(chunk * N).
+
+    Args:
+      scores: [N] or [N, K] scores, as in `ece`.
+      labels: [N] int labels.
+      key: a `jax.random` key.
+      num_resamples: number of bootstrap resamples R >= 1 (static).
+      confidence: coverage of the interval in (0, 1); 0.95 gives the 2.5 % and 97.5 %
+        percentiles of the resampled errors.
+      num_bins, from_logits, binary, closed, norm, binning: as in `ece`.
+
+    Returns:
+      BootstrapInterval(estimate, lower, upper): the error on the full data and the percentile
+      interval of the resampled errors (scalars).
+    """
+    num_bins = _check_bin_options(num_bins, binary, closed, binning)
+    _checks.check_option("norm", norm, NORMS)
+    num_resamples = _checks.check_positive_int("num_resamples", num_resamples)
+    confidence = _checks.check_probability("confidence", confidence)
+    key = _checks.check_key("key", key)
+    scores, labels = _checks.check_scores_labels(scores, labels, from_logits=from_logits)
+    # Resamples evaluated together: ~2^18 gathered samples per chunk (measured: 25 resamples of
+    # 10,000 samples per chunk ran 1.6x faster than 1 and 1.2x faster than 500).
+    batch_size = max(1, min(num_resamples, (1 << 18) // scores.shape[0]))
+    return _ece_bootstrap(
+        scores,
+        labels,
+        key,
+        num_resamples,
+        confidence,
+        num_bins,
+        from_logits,
+        binary,
+        closed,
+        norm,
+        binning,
+        batch_size,
+    )
