@@ -1,6 +1,6 @@
 """CIFAR-10 birds vs cats: train a classifier, then measure and fix its calibration.
 
-    python -m experiments.birdcat --data synthetic --quick --out runs/birdcat   # offline, ~2 min
+    python -m experiments.birdcat --data synthetic --quick --out runs/birdcat   # offline, ~1 min
     python -m experiments.birdcat --data local --data-dir ../shared/data --out runs/birdcat
     python -m experiments.birdcat --model resnet18 --weights resnet18.npz --out runs/resnet
 
@@ -26,7 +26,9 @@ from flax import nnx
 from experiments import cli
 from jaxcal import data, models, plotting, study, train
 
-QUICK = {"max_train": 2000, "max_test": 1000, "epochs": 15}
+# Long enough on few images that LeNet-5 overfits and turns overconfident (T > 1), as the
+# original does on the full data.
+QUICK = {"max_train": 4000, "max_test": 1000, "epochs": 20}
 QUICK_STUDY = {"num_temperatures": 300, "num_resamples": 300}
 
 
@@ -37,7 +39,8 @@ class Head(nnx.Module):
         self.fc = fc
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        return self.fc(x)
+        """Logits [B, K] of features x: [B, 1, 1, 512] (stored as 1 x 1 images for `fit`)."""
+        return self.fc(x.reshape(x.shape[0], -1))
 
 
 class Backbone(nnx.Module):
@@ -51,6 +54,7 @@ class Backbone(nnx.Module):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options, checked (bad ones exit with code 2 and the option's name)."""
     parser = argparse.ArgumentParser(
         prog="python -m experiments.birdcat", description=__doc__.split("\n\n")[0]
     )
@@ -59,14 +63,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", default=None, help=cli.WEIGHTS_HELP)
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     args = parser.parse_args(argv)
-    cli.positive(parser, args, "epochs", "batch_size")
-    if args.weights is not None and args.model != "resnet18":
+    cli.check_numbers(parser, args, "epochs", "batch_size")
+    if args.model == "resnet18":
+        cli.require_weights(parser, args)
+    elif args.weights is not None:
         parser.error("--weights goes with --model resnet18")
     args.checkpoints = cli.check_out_dir(parser, args)
     return args
 
 
 def train_lenet(args, splits, config, preprocess):
+    """LeNet-5 (or its BatchNorm variant) trained end to end; returns (model, history, predict)."""
     preset = "birdcat" if args.model == "lenet5" else "lenet5_bn"
     model = models.LeNet5(models.LeNetConfig.preset(preset), rngs=nnx.Rngs(args.seed))
     history = train.fit(
@@ -83,7 +90,7 @@ def train_lenet(args, splits, config, preprocess):
 
 
 def train_resnet_head(args, splits, config, preprocess):
-    """Frozen pretrained backbone, new one-logit head.
+    """Frozen pretrained backbone, new one-logit head; returns (model, history, predict).
 
     The frozen backbone runs in eval mode (running BatchNorm statistics) and the inputs are
     not augmented, so its features are fixed: they are computed once and the head is trained
@@ -93,7 +100,8 @@ def train_resnet_head(args, splits, config, preprocess):
     backbone = Backbone(resnet)
 
     def features(images):
-        return train.predict_logits(backbone, images, batch_size=32, preprocess=preprocess)
+        pooled = train.predict_logits(backbone, images, batch_size=32, preprocess=preprocess)
+        return pooled[:, None, None, :]
 
     train_x, val_x = features(splits.train.images), features(splits.val.images)
     head = Head(resnet.fc)
@@ -115,22 +123,23 @@ def train_resnet_head(args, splits, config, preprocess):
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """Runs the study with command-line arguments `argv`; returns what metrics.json holds."""
     args = parse_args(argv)
     quick = QUICK if args.quick else {}
     started = time.perf_counter()
-    splits = data.load_birdcat(
-        args.data,
-        args.data_dir,
-        seed=args.seed,
-        max_train=args.max_train or quick.get("max_train"),
-        max_test=args.max_test or quick.get("max_test"),
-    )
     config = train.TrainConfig(
         epochs=args.epochs or quick.get("epochs", 10),
         batch_size=args.batch_size or 64,
         optimizer="adam",
         learning_rate=args.lr,
         seed=args.seed,
+    )
+    splits = cli.load_splits(
+        data.load_birdcat,
+        args,
+        batch_size=config.batch_size,
+        max_train=args.max_train or quick.get("max_train"),
+        max_test=args.max_test or quick.get("max_test"),
     )
     if args.model == "resnet18":
         preprocess = data.make_preprocess(*data.IMAGENET_MEAN_STD, resize_to=224)
@@ -156,15 +165,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     figures["Training images and their labels"] = plotting.save_figure(
         fig, out / "samples.png"
     ).name
-    ax = plotting.loss_curves(
-        None,
-        history.step_loss,
-        val_epoch_losses=history.val_loss,
-        steps_per_epoch=history.steps_per_epoch,
-    )
-    figures["Training loss per step (running mean over 60) and validation loss per epoch"] = (
-        plotting.save_figure(ax.figure, out / "loss_curves.png").name
-    )
+    figures.update(cli.save_loss_curves(history, out))
     figures.update(study.save_study_figures(result, out))
 
     setup = {
@@ -173,8 +174,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"{len(splits.train.labels)} / {len(splits.val.labels)} / {len(splits.test.labels)}"
         ),
         "classes": " = 0, ".join(splits.class_names) + " = 1",
-        "model": args.model + (f" (weights: {args.weights})" if args.model == "resnet18" else ""),
-        "parameters": models.parameter_count(model),
+        "model": (
+            f"ResNet18 (weights: {args.weights}), frozen; a new one-logit head trained on "
+            "224 x 224 ImageNet-normalised inputs"
+            if args.model == "resnet18"
+            else f"{args.model}, one logit, inputs normalised with mean = std = 0.5"
+        ),
+        "parameters": f"{models.parameter_count(model):,} "
+        f"(trained: {models.parameter_count(model.fc if args.model == 'resnet18' else model):,})",
         "training": f"{config.optimizer} lr {config.learning_rate}, batch {config.batch_size}, "
         f"{history.epochs_run} epochs, BCE with logits",
         "seed": args.seed,

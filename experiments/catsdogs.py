@@ -31,6 +31,7 @@ QUICK_STUDY = {"num_temperatures": 200, "num_resamples": 200}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options, checked (bad ones exit with code 2 and the option's name)."""
     parser = argparse.ArgumentParser(
         prog="python -m experiments.catsdogs", description=__doc__.split("\n\n")[0]
     )
@@ -42,27 +43,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate")
     parser.add_argument("--patience", type=int, default=3, help="early-stopping patience")
     args = parser.parse_args(argv)
-    cli.positive(parser, args, "epochs", "batch_size", "image_size", "patience")
+    cli.check_numbers(parser, args, "epochs", "batch_size", "image_size", "patience")
+    cli.require_weights(parser, args)
     args.checkpoints = cli.check_out_dir(parser, args)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """Runs the study with command-line arguments `argv`; returns what metrics.json holds."""
     args = parse_args(argv)
     quick = QUICK if args.quick else {}
     image_size = args.image_size or quick.get("image_size", 224)
+    batch_size = args.batch_size or 32
     started = time.perf_counter()
-    model = cli.load_resnet18(args.weights, 2, seed=args.seed)
-    # Images are kept at their stored size (32 x 32 for the CIFAR stand-in) and resized on
-    # device inside the jitted step, so 224 x 224 copies never sit in memory.
-    splits = data.load_cats_vs_dogs(
-        args.data,
-        args.data_dir,
-        image_size=None if args.data == "local" else image_size,
-        seed=args.seed,
+    # The CIFAR-sized stand-ins (local, synthetic) stay 32 x 32 and are resized on device inside
+    # the jitted step, so 224 x 224 copies never sit in memory; TFDS photos vary in size and
+    # are resized when read.
+    splits = cli.load_splits(
+        data.load_cats_vs_dogs,
+        args,
+        batch_size=batch_size,
+        image_size=image_size if args.data == "tfds" else None,
         max_train=args.max_train or quick.get("max_train"),
         max_test=args.max_test or quick.get("max_test"),
     )
+    model = cli.load_resnet18(args.weights, 2, seed=args.seed)
     train_preprocess = data.make_preprocess(
         *data.IMAGENET_MEAN_STD,
         resize_to=image_size,
@@ -70,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     config = train.TrainConfig(
         epochs=args.epochs or quick.get("epochs", 20),
-        batch_size=args.batch_size or 32,
+        batch_size=batch_size,
         optimizer="adam",
         learning_rate=args.lr,
         trainable=("layer4", "fc"),
@@ -111,15 +116,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     out = args.out
     figures = {}
-    ax = plotting.loss_curves(
-        None,
-        history.step_loss,
-        val_epoch_losses=history.val_loss,
-        steps_per_epoch=history.steps_per_epoch,
-    )
-    figures["Training loss per step (running mean over 60) and validation loss per epoch"] = (
-        plotting.save_figure(ax.figure, out / "loss_curves.png").name
-    )
+    figures.update(cli.save_loss_curves(history, out))
     ax = plotting.confusion_matrix_plot(None, confusion, splits.class_names)
     figures["Confusion matrix (test)"] = plotting.save_figure(
         ax.figure, out / "confusion_matrix.png"
@@ -169,10 +166,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"{len(splits.train.labels)} / {len(splits.val.labels)} / {len(labels)}"
         ),
         "classes": f"{splits.class_names[0]} = 0, {splits.class_names[1]} = 1",
-        "model": f"ResNet18 (weights: {args.weights}), 2-class head; trained: layer4 + fc",
-        "trainable parameters": sum(
-            models.parameter_count(getattr(model, name)) for name in config.trainable
+        "model": f"ResNet18 (weights: {args.weights}), 2-class head; trained: layer4 + fc"
+        + (
+            " (random initialisation: a smoke run, not transfer learning)"
+            if args.weights == "random"
+            else ""
         ),
+        "parameters": f"{models.parameter_count(model):,} (trained: "
+        f"{sum(models.parameter_count(getattr(model, name)) for name in config.trainable):,})",
         "input": f"{image_size} x {image_size}, ImageNet normalisation",
         "training": f"Adam lr {config.learning_rate}, batch {config.batch_size}, "
         f"{history.epochs_run} epochs (best {history.best_epoch}, patience {config.patience})",
@@ -180,10 +181,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "quick": args.quick,
         **cli.environment(),
     }
+    positive = splits.class_names[1]
+    rows = [
+        ("accuracy", "accuracy"),
+        (f"precision ({positive} = positive)", "precision"),
+        (f"recall ({positive} = positive)", "recall"),
+        (f"F1 ({positive} = positive)", "f1"),
+        (f"ROC-AUC (score P({positive}))", "roc_auc"),
+    ]
     table = "\n".join(
         ["| metric | value |", "|---|---|"]
-        + [f"| {k} | {v:.4f} |" for k, v in classification.items() if k != "confusion_matrix"]
-        + [f"| confusion matrix (rows: true class) | {confusion.tolist()} |"]
+        + [f"| {label} | {classification[key]:.4f} |" for label, key in rows]
+        + [
+            "| confusion matrix (rows: true "
+            f"{' / '.join(splits.class_names)}, columns: predicted) | {confusion.tolist()} |"
+        ]
     )
     report = study.write_outputs(
         out,
