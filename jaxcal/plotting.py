@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
 from numpy.typing import ArrayLike
 
 from jaxcal.calibration import calibration_error
@@ -346,6 +346,7 @@ def temperature_overlay(
     initial_index: int,
     best_index: int,
     binary: BinaryMode = "positive",
+    best_name: str = "best",
 ) -> Axes:
     """Overlays the reliability curve of every temperature tried.
 
@@ -360,6 +361,7 @@ def temperature_overlay(
       initial_index: index of the uncalibrated temperature (usually T = 1).
       best_index: index of the best temperature, e.g. the sweep's `.best_index`.
       binary: the `binary` mode the bins were made with (see `reliability_diagram`).
+      best_name: the legend calls the red curve "<best_name> T = ..." (e.g. "fitted").
 
     Returns:
       The axes.
@@ -401,7 +403,9 @@ def temperature_overlay(
         )
     best = curves[best_index]
     best_label = (
-        initial_label if initial_index == best_index else f"best T = {temperatures[best_index]:.3g}"
+        initial_label
+        if initial_index == best_index
+        else f"{best_name} T = {temperatures[best_index]:.3g}"
     )
     ax.plot(*best.T, color="tab:red", marker="o", markersize=3, linewidth=2, label=best_label)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=x_label, ylabel=y_label)
@@ -420,6 +424,7 @@ def metrics_vs_temperature(
     brier: ArrayLike,
     *,
     best_temperature: float | None = None,
+    best_name: str = "best",
 ) -> Axes:
     """Plots ECE and Brier score (left axis) and NLL (right axis) against the temperature.
 
@@ -430,6 +435,7 @@ def metrics_vs_temperature(
       nll: [T] negative log-likelihood at each temperature.
       brier: [T] Brier score at each temperature.
       best_temperature: drawn as a vertical red line when given.
+      best_name: the legend calls that line "<best_name> T = ..." (e.g. "fitted on val").
 
     Returns:
       The left axes (ECE and Brier); the NLL axes is `ax.figure.axes` after it.
@@ -461,12 +467,15 @@ def metrics_vs_temperature(
                 best_temperature,
                 color="tab:red",
                 linestyle=":",
-                label=f"best T = {float(best_temperature):.3g}",
+                label=f"{best_name} T = {float(best_temperature):.3g}",
             )
         )
     ax.set_xscale("log")
+    low, high = float(temperatures.min()), float(temperatures.max())
+    powers = 2.0 ** np.arange(np.floor(np.log2(low)), np.ceil(np.log2(high)) + 1)
+    ax.set_xticks(powers[(powers >= low) & (powers <= high)] if high > 2 * low else [low, high])
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel="temperature T", ylabel="ECE, Brier score")
     nll_ax.set_ylabel("NLL")
     ax.legend(lines, [line.get_label() for line in lines], loc="best")
@@ -490,7 +499,7 @@ def loss_curves(
     Args:
       ax: axes to draw on; None creates a figure.
       step_losses: [S] training loss at every step.
-      window: running-mean window in steps; shortened to S when S < window.
+      window: running-mean window in steps; at most S // 2, so a short run still shows a curve.
       val_epoch_losses: [E] validation loss after each epoch, or None.
       steps_per_epoch: training steps per epoch; needed with `val_epoch_losses`.
 
@@ -514,7 +523,8 @@ def loss_curves(
     if ax is None:
         ax = plt.figure(figsize=(7, 4.5), layout="constrained").add_subplot()
     steps = np.arange(1, losses.size + 1)
-    window = min(window, losses.size)
+    # A short run gets a window of half its length, so the running mean is still a curve.
+    window = min(window, max(1, losses.size // 2))
     running = np.convolve(losses, np.ones(window) / window, mode="valid")
     ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (per step)")
     ax.plot(steps[window - 1 :], running, color="tab:red", label=f"train (mean of {window} steps)")
@@ -522,6 +532,7 @@ def loss_curves(
         epochs_x = np.arange(1, val.size + 1) * steps_per_epoch
         ax.plot(epochs_x, val, color="black", marker="o", linestyle="-", label="validation (epoch)")
     ax.set(xlabel="step", ylabel="loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="upper right")
     ax.grid(True, linestyle=":", alpha=0.6)
     return ax

@@ -244,10 +244,13 @@ def save_study_figures(study: CalibrationStudy, out_dir: str | pathlib.Path) -> 
         initial_index=int(np.searchsorted(shown, study.initial_index)),
         best_index=int(np.searchsorted(shown, study.fitted_index)),
         binary=study.binary,
+        best_name="fitted",
     )
-    figures["Reliability curves of every temperature swept (T = 1 blue, fitted T red)"] = _save(
-        ax.figure, out_dir, "temperature_overlay.png"
+    caption = (
+        f"Reliability curves of {len(shown)} of the {num_swept} temperatures swept "
+        "(T = 1 blue, T fitted on validation red)"
     )
+    figures[caption] = _save(ax.figure, out_dir, "temperature_overlay.png")
     ax = plotting.metrics_vs_temperature(
         None,
         study.sweep.temperatures,
@@ -255,6 +258,7 @@ def save_study_figures(study: CalibrationStudy, out_dir: str | pathlib.Path) -> 
         study.sweep.nll,
         study.sweep.brier,
         best_temperature=m["temperature"],
+        best_name="fitted on val",
     )
     figures["Test ECE, NLL and Brier score versus temperature"] = _save(
         ax.figure, out_dir, "metrics_vs_temperature.png"
@@ -282,6 +286,16 @@ def calibration_table(metrics: Mapping[str, Any]) -> str:
         f"(a = 1/T = {metrics['scale']:.4f}, converged: {metrics['converged']}); "
         f"validation NLL {metrics['val']['nll_before']:.4f} -> {metrics['val']['nll_after']:.4f}.",
         "",
+    ]
+    if not metrics["converged"]:
+        lines += [
+            "**The fit did not converge:** T sits at a bound of its search range (the "
+            "validation NLL keeps falling beyond it: separable or uninformative validation "
+            "logits, or too few of them) or L-BFGS ran out of iterations, so this T is not a "
+            "reliable calibration.",
+            "",
+        ]
+    lines += [
         f"| test metric ({test['size']} images) | before | after |",
         "|---|---|---|",
     ]

@@ -301,10 +301,10 @@ def test_loss_curves(tmp_path):
 
 
 def test_loss_curves_short_run_shortens_the_window():
-    ax = plotting.loss_curves(None, [3.0, 2.0, 1.0], window=60)
+    ax = plotting.loss_curves(None, [3.0, 2.0, 1.0, 0.0], window=60)
     _, running = ax.get_lines()
-    np.testing.assert_allclose(running.get_ydata(), [2.0], atol=TOL)
-    assert running.get_label() == "train (mean of 3 steps)"
+    np.testing.assert_allclose(running.get_ydata(), [2.5, 1.5, 0.5], atol=TOL)
+    assert running.get_label() == "train (mean of 2 steps)"
 
 
 def test_image_grid_predictions(tmp_path):
