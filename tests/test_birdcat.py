@@ -6,7 +6,6 @@ import re
 import time
 
 import matplotlib.image
-import numpy as np
 import pytest
 
 from experiments import birdcat
@@ -137,48 +136,13 @@ def test_real_cifar10_files(shared_data, tmp_path):
     check_report(out, FIGURES)
 
 
-def fake_torchvision_resnet18(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A state_dict with torchvision ResNet18's keys and shapes and random values."""
-    state = {}
-
-    def conv(key, out, inp, k):
-        std = np.sqrt(2.0 / (out * k * k))
-        state[f"{key}.weight"] = (rng.standard_normal((out, inp, k, k)) * std).astype(np.float32)
-
-    def batch_norm(key, c):
-        state[f"{key}.weight"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
-        state[f"{key}.bias"] = rng.normal(0.0, 0.1, c).astype(np.float32)
-        state[f"{key}.running_mean"] = rng.normal(0.0, 0.1, c).astype(np.float32)
-        state[f"{key}.running_var"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
-        state[f"{key}.num_batches_tracked"] = np.array(0, np.int64)
-
-    conv("conv1", 64, 3, 7)
-    batch_norm("bn1", 64)
-    width = 64
-    for layer, features in enumerate((64, 128, 256, 512), start=1):
-        for block in (0, 1):
-            key = f"layer{layer}.{block}"
-            inp = width if block == 0 else features
-            conv(f"{key}.conv1", features, inp, 3)
-            batch_norm(f"{key}.bn1", features)
-            conv(f"{key}.conv2", features, features, 3)
-            batch_norm(f"{key}.bn2", features)
-            if block == 0 and layer > 1:
-                conv(f"{key}.downsample.0", features, inp, 1)
-                batch_norm(f"{key}.downsample.1", features)
-        width = features
-    state["fc.weight"] = (rng.standard_normal((1000, 512)) * 0.01).astype(np.float32)
-    state["fc.bias"] = np.zeros(1000, np.float32)
-    return state
-
-
 @pytest.fixture(scope="session")
-def resnet18_npz(tmp_path_factory) -> pathlib.Path:
+def resnet18_npz(tmp_path_factory, torchvision_resnet18_state_dict) -> pathlib.Path:
     """Converted-format ResNet18 weights (random values; nothing can be downloaded here)."""
     from jaxcal import models
 
     path = tmp_path_factory.mktemp("weights") / "resnet18.npz"
-    models.save_npz(fake_torchvision_resnet18(np.random.default_rng(0)), path)
+    models.save_npz(torchvision_resnet18_state_dict, path)
     return path
 
 

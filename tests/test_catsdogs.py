@@ -23,42 +23,8 @@ FIGURES = {
 EPOCHS, PATIENCE = 4, 1
 
 
-def fake_torchvision_resnet18(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """torchvision ResNet18's state_dict keys and shapes with random values (no download here)."""
-    state = {}
-
-    def conv(key, out, inp, k):
-        weight = rng.standard_normal((out, inp, k, k)) * np.sqrt(2.0 / (out * k * k))
-        state[f"{key}.weight"] = weight.astype(np.float32)
-
-    def batch_norm(key, c):
-        for field, low, high in (("weight", 0.5, 1.5), ("bias", -0.1, 0.1)):
-            state[f"{key}.{field}"] = rng.uniform(low, high, c).astype(np.float32)
-        state[f"{key}.running_mean"] = rng.uniform(-0.1, 0.1, c).astype(np.float32)
-        state[f"{key}.running_var"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
-        state[f"{key}.num_batches_tracked"] = np.array(0, np.int64)
-
-    conv("conv1", 64, 3, 7)
-    batch_norm("bn1", 64)
-    width = 64
-    for layer, features in enumerate((64, 128, 256, 512), start=1):
-        for block in (0, 1):
-            key, inp = f"layer{layer}.{block}", width if block == 0 else features
-            conv(f"{key}.conv1", features, inp, 3)
-            batch_norm(f"{key}.bn1", features)
-            conv(f"{key}.conv2", features, features, 3)
-            batch_norm(f"{key}.bn2", features)
-            if block == 0 and layer > 1:
-                conv(f"{key}.downsample.0", features, inp, 1)
-                batch_norm(f"{key}.downsample.1", features)
-        width = features
-    state["fc.weight"] = (rng.standard_normal((1000, 512)) * 0.01).astype(np.float32)
-    state["fc.bias"] = np.zeros(1000, np.float32)
-    return state
-
-
 @pytest.mark.slow
-def test_transfer_learning_run(tmp_path):
+def test_transfer_learning_run(tmp_path, torchvision_resnet18_state_dict):
     """One run on torchvision-format weights (.pth, read with torch.load as users do).
 
     Random weights carry no features that tell the synthetic cats from dogs, so accuracy is
@@ -67,7 +33,7 @@ def test_transfer_learning_run(tmp_path):
     """
     torch = pytest.importorskip("torch")
     weights = tmp_path / "resnet18.pth"
-    state = fake_torchvision_resnet18(np.random.default_rng(0))
+    state = torchvision_resnet18_state_dict
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, weights)
     out = tmp_path / "run"
     argv = ["--data", "synthetic", "--weights", str(weights), "--image-size", "32"]
