@@ -7,6 +7,7 @@ import dataclasses
 import jax
 from flax import nnx
 
+from jaxcal.models.conv import PatchConv, avg_pool_2x2, conv_impl_for_backend, max_pool_2x2
 from jaxcal.models.mlp import TORCH_KERNEL_INIT, dense, torch_bias_init
 
 PRESETS = ("birdcat", "lenet5_bn", "mnist_cnn", "classic")
@@ -21,14 +22,18 @@ def conv(
     use_bias: bool = True,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """The one place LeNet builds a stride-1 convolution (swap the implementation here).
+    """The one place LeNet builds a stride-1 convolution, chosen per backend.
 
+    On CPU a `PatchConv` (patches + one matmul: XLA:CPU's own convolution gradients are slow
+    for LeNet-sized layers; see benchmarks/README.md), elsewhere `nnx.Conv` (cuDNN / TPU
+    convolutions). Both hold the same parameters, so checkpoints move between backends.
     Initialised like `torch.nn.Conv2d`. The returned module maps [B, H, W, in_features] to
     [B, H + 2 * padding - kernel_size + 1, ..., out_features] and holds `kernel`
     [kernel_size, kernel_size, in_features, out_features] and, with `use_bias`, `bias`
     [out_features].
     """
-    return nnx.Conv(
+    module = PatchConv if conv_impl_for_backend() == "patches" else nnx.Conv
+    return module(
         in_features,
         out_features,
         (kernel_size, kernel_size),
@@ -282,15 +287,25 @@ class LeNet5(nnx.Module):
             )
         if isinstance(rngs, jax.Array):
             rngs = nnx.Rngs(dropout=rngs)
-        pool = nnx.max_pool if cfg.pool == "max" else nnx.avg_pool
+        pool = max_pool_2x2 if cfg.pool == "max" else avg_pool_2x2
         h = x
         for i, spec in enumerate(cfg.convs, start=1):
-            h = getattr(self, f"conv{i}")(h)
+            layer = getattr(self, f"conv{i}")
+            if (
+                isinstance(layer, PatchConv)
+                and spec.pool
+                and cfg.pool == "max"
+                and not cfg.batch_norm
+            ):
+                # max-pool(relu(conv + b)) = relu(max-pool(conv) + b): pool inside the matmul.
+                h = nnx.relu(layer.conv_max_pool(h))
+                continue
+            h = layer(h)
             if cfg.batch_norm:
                 h = getattr(self, f"bn{i}")(h)
             h = nnx.relu(h)
             if spec.pool:
-                h = pool(h, (2, 2), strides=(2, 2))
+                h = pool(h)
         h = h.reshape(h.shape[0], -1)
         for i in range(1, len(cfg.hidden) + 1):
             if dropout_on:

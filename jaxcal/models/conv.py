@@ -1,0 +1,386 @@
+"""Stride-1 convolutions as space-to-depth patches + one matmul, and 2x2 pooling by reshape."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from flax.nnx.nn import dtypes
+
+ConvImpl = Literal["patches", "xla"]
+PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
+# nnx.Conv's default initialisers.
+_DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()
+_DEFAULT_BIAS_INIT = nnx.initializers.zeros_init()
+
+
+def conv_impl_for_backend(backend: str | None = None) -> ConvImpl:
+    """Which convolution lowering is fastest for LeNet-sized models on `backend`.
+
+    Args:
+        backend: a JAX platform name ("cpu", "gpu", "cuda", "rocm", "tpu", ...); default
+            `jax.default_backend()`.
+
+    Returns:
+        "patches" on CPU (`PatchConv`, `max_pool_2x2`), "xla" elsewhere (`nnx.Conv`,
+        `nnx.max_pool`: cuDNN / TPU convolutions are faster than any matmul lowering there).
+    """
+    if backend is None:
+        backend = jax.default_backend()
+    if not isinstance(backend, str) or not backend:
+        raise TypeError(f"backend must be a platform name such as 'cpu' or None, got {backend!r}")
+    return "patches" if backend.lower() == "cpu" else "xla"
+
+
+def _explicit_padding(
+    padding: PaddingLike, kernel_size: tuple[int, int]
+) -> tuple[tuple[int, int], ...]:
+    """((top, bottom), (left, right)) for nnx.Conv-style `padding` of a stride-1 convolution."""
+    if isinstance(padding, str):
+        if padding.upper() == "VALID":
+            return ((0, 0), (0, 0))
+        if padding.upper() == "SAME":
+            return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel_size)
+        raise ValueError(f"padding must be 'VALID', 'SAME', an int or pairs, got {padding!r}")
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+        pads = ((int(padding), int(padding)),) * 2
+    elif isinstance(padding, Sequence) and len(padding) == 2:
+        if all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in padding):
+            pads = tuple((int(p), int(p)) for p in padding)
+        elif all(isinstance(p, Sequence) and len(p) == 2 for p in padding):
+            pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+        else:
+            raise ValueError(f"padding pairs must be (lo, hi) ints, got {padding!r}")
+    else:
+        raise ValueError(
+            f"padding must be 'VALID', 'SAME', an int, 2 ints or 2 (lo, hi) pairs, got {padding!r}"
+        )
+    if any(p < 0 for pair in pads for p in pair):
+        raise ValueError(f"padding must be >= 0, got {padding!r}")
+    return pads
+
+
+def _phase_selection(kernel: int, block: int, taps: int) -> np.ndarray:
+    """[taps, block, block, kernel] 0/1: sel[p, r, a, i] = 1 iff block * p + r - a == i.
+
+    Output pixel `block * u + a` reads input pixel `block * (u + p) + r` through kernel tap i.
+    """
+    sel = np.zeros((taps, block, block, kernel), np.float32)
+    for p in range(taps):
+        for r in range(block):
+            for a in range(block):
+                i = block * p + r - a
+                if 0 <= i < kernel:
+                    sel[p, r, a, i] = 1.0
+    return sel
+
+
+def _block_products(
+    x: jax.Array,
+    kernel: jax.Array,
+    padding: PaddingLike,
+    block: int,
+    precision: jax.lax.PrecisionLike,
+) -> tuple[jax.Array, int, int]:
+    """The matmul at the heart of `patch_conv`.
+
+    Returns:
+        (y [B, hb, wb, s, s, O], ho, wo): output pixel (s * u + a, s * v + b) is y[:, u, v, a, b]
+        for u < ceil(ho / s), v < ceil(wo / s); entries beyond (ho, wo) are padding.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"x must be NHWC [B, H, W, C], got shape {x.shape}")
+    if kernel.ndim != 4:
+        raise ValueError(f"kernel must be [kh, kw, C, O], got shape {kernel.shape}")
+    kh, kw, cin, cout = kernel.shape
+    if x.shape[-1] != cin:
+        raise ValueError(f"x has {x.shape[-1]} channels but kernel expects {cin}: {kernel.shape}")
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"block must be an int >= 1, got {block!r}")
+    (top, bottom), (left, right) = _explicit_padding(padding, (kh, kw))
+    n, h, w, _ = x.shape
+    ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"kernel {kh}x{kw} is larger than the padded input {h + top + bottom}x"
+            f"{w + left + right}"
+        )
+    s = int(min(block, ho, wo))
+    th, tw = (kh - 2 + s) // s + 1, (kw - 2 + s) // s + 1
+    hb, wb = -(-ho // s), -(-wo // s)
+    # Pad to whole blocks: s * (hb + th - 1) >= ho + kh - 1 rows, so nothing is ever cropped.
+    rows, cols = s * (hb + th - 1), s * (wb + tw - 1)
+    x = jnp.pad(x, ((0, 0), (top, rows - h - top), (left, cols - w - left), (0, 0)))
+    x = x.reshape(n, rows // s, s, cols // s, s, cin).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(n, rows // s, cols // s, s * s * cin)
+    patches = jnp.concatenate(
+        [x[:, p : p + hb, q : q + wb, :] for p in range(th) for q in range(tw)], axis=-1
+    )
+    block_kernel = jnp.einsum(
+        "prai,qsbj,ijco->pqrscabo",
+        _phase_selection(kh, s, th).astype(kernel.dtype),
+        _phase_selection(kw, s, tw).astype(kernel.dtype),
+        kernel,
+        precision=jax.lax.Precision.HIGHEST,  # exact: it only copies kernel entries
+    ).reshape(th * tw * s * s * cin, s * s * cout)
+    y = jnp.matmul(patches.reshape(n * hb * wb, -1), block_kernel, precision=precision)
+    return y.reshape(n, hb, wb, s, s, cout), ho, wo
+
+
+def patch_conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    padding: PaddingLike = "VALID",
+    block: int = 2,
+    precision: jax.lax.PrecisionLike = None,
+) -> jax.Array:
+    """Stride-1 NHWC convolution (cross-correlation, as `lax.conv_general_dilated`) as one matmul.
+
+    XLA:CPU runs LeNet's small convolutions slowly, above all their gradients (and slower still
+    inside `lax.scan`); reshapes, slices, a concatenation and one GEMM run fast, and so do their
+    gradients. Plain im2col (`block=1`) writes a patch matrix k*k times the input's size; cutting
+    the input into blocks first shrinks it about 3x for a 5x5 kernel and makes the GEMM wider.
+
+    The padded input [B, H, W, C] is cut into `s` x `s` pixel blocks ([B, H/s, W/s, s*s*C]);
+    the kernel [kh, kw, C, O] is rearranged into the equivalent kernel of t_h x t_w taps
+    (t = ceil((k - 1 + s) / s)) that maps a block neighbourhood to the `s * s` output pixels
+    of one block ([t_h * t_w * s*s*C, s*s*O], mostly zeros on its edges); the t_h * t_w shifted
+    block views are concatenated into a patch matrix and multiplied by it. `block=1` is plain
+    im2col. The block is reduced where the output is smaller than it.
+
+    Args:
+        x: [B, H, W, C] float input.
+        kernel: [kh, kw, C, O] (HWIO, nnx.Conv's layout).
+        padding: "VALID", "SAME", an int, (ph, pw) or ((top, bottom), (left, right)).
+        block: space-to-depth block size s >= 1 (2 was fastest for LeNet on CPU).
+        precision: matmul precision (`lax.Precision`), as nnx.Conv's.
+
+    Returns:
+        [B, H + top + bottom - kh + 1, W + left + right - kw + 1, O].
+    """
+    y, ho, wo = _block_products(x, kernel, padding, block, precision)
+    n, hb, wb, s, _, cout = y.shape
+    y = y.transpose(0, 1, 3, 2, 4, 5).reshape(n, hb * s, wb * s, cout)
+    return y[:, :ho, :wo]
+
+
+def patch_conv_max_pool(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    padding: PaddingLike = "VALID",
+    precision: jax.lax.PrecisionLike = None,
+) -> jax.Array:
+    """`max_pool_2x2(patch_conv(x, kernel, ...))` in one pass.
+
+    With 2x2 blocks, the four outputs of a block are exactly one pooling window, so the pool is
+    a max over the matmul's four output groups: the output is never rearranged into an image.
+    Since max(z + bias) = max(z) + bias and ReLU is monotonic, LeNet's
+    `max_pool(relu(conv(x) + bias))` equals `relu(patch_conv_max_pool(x, kernel) + bias)`
+    (without a BatchNorm in between, whose scale may be negative).
+
+    Args:
+        x: [B, H, W, C] float input.
+        kernel: [kh, kw, C, O].
+        padding: as `patch_conv`.
+        precision: matmul precision.
+
+    Returns:
+        [B, H' // 2, W' // 2, O] for the convolution's output size H' x W' (>= 2 x 2); as the
+        'VALID' pool, a trailing odd row or column of the convolution is dropped.
+    """
+    y, ho, wo = _block_products(x, kernel, padding, 2, precision)
+    if ho < 2 or wo < 2:
+        raise ValueError(f"the convolution's output {ho}x{wo} is too small to pool 2x2")
+    return _first_max(y[:, : ho // 2, : wo // 2], (3, 4))
+
+
+class PatchConv(nnx.Module):
+    """A drop-in `nnx.Conv` for stride-1 2-D convolutions, computed by `patch_conv`.
+
+    Parameters have nnx.Conv's names and shapes (`kernel` [kh, kw, in, out], `bias` [out]), so
+    weights, checkpoints and conversions carry over between the two; outputs agree to float32
+    rounding. No strides, dilations or feature groups (use nnx.Conv for those).
+
+    Args:
+        in_features: input channels C.
+        out_features: output channels O.
+        kernel_size: k or (kh, kw).
+        padding: "SAME" (nnx.Conv's default), "VALID", an int, (ph, pw) or
+            ((top, bottom), (left, right)).
+        use_bias: add a learned bias.
+        dtype: computation dtype (default: promoted from inputs and parameters, as nnx.Conv).
+        param_dtype: parameter dtype.
+        precision: matmul precision.
+        kernel_init, bias_init: initialisers (nnx.Conv's defaults).
+        block: space-to-depth block size of `patch_conv`.
+        rngs: parameter initialisation keys.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        *,
+        padding: PaddingLike = "SAME",
+        use_bias: bool = True,
+        dtype: jnp.dtype | None = None,
+        param_dtype: jnp.dtype = jnp.float32,
+        precision: jax.lax.PrecisionLike = None,
+        kernel_init: nnx.Initializer = _DEFAULT_KERNEL_INIT,
+        bias_init: nnx.Initializer = _DEFAULT_BIAS_INIT,
+        block: int = 2,
+        rngs: nnx.Rngs,
+    ):
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        if len(size) != 2 or not all(isinstance(k, (int, np.integer)) and k >= 1 for k in size):
+            raise ValueError(f"kernel_size must be k or (kh, kw) with k >= 1, got {kernel_size!r}")
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+            raise ValueError(f"block must be an int >= 1, got {block!r}")
+        _explicit_padding(padding, size)  # validate now, not at the first call
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.kernel_size = size
+        self.padding = padding
+        self.use_bias = use_bias
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        self.block = int(block)
+        shape = (*size, self.in_features, self.out_features)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype))
+        self.bias: nnx.Param | None
+        if use_bias:
+            self.bias = nnx.Param(bias_init(rngs.params(), (self.out_features,), param_dtype))
+        else:
+            self.bias = nnx.data(None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Convolves a batch.
+
+        Args:
+            x: [..., H, W, in_features] NHWC input; leading batch axes (none, one or several)
+                are kept, as nnx.Conv does.
+
+        Returns:
+            [..., H', W', out_features] with H' = H + top + bottom - kh + 1 (likewise W').
+        """
+        if x.ndim < 3 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"x must be [..., H, W, {self.in_features}] (NHWC), got shape {x.shape}"
+            )
+        bias = self.bias[...] if self.bias is not None else None
+        x, kernel, bias = dtypes.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+        batch_shape = x.shape[:-3]
+        y = patch_conv(
+            x.reshape(-1, *x.shape[-3:]),
+            kernel,
+            padding=self.padding,
+            block=self.block,
+            precision=self.precision,
+        )
+        if bias is not None:
+            y = y + bias
+        return y.reshape(*batch_shape, *y.shape[1:])
+
+    def conv_max_pool(self, x: jax.Array) -> jax.Array:
+        """`max_pool_2x2(self(x))`, computed by `patch_conv_max_pool` (no image rearranging).
+
+        Args:
+            x: [B, H, W, in_features].
+
+        Returns:
+            [B, H' // 2, W' // 2, out_features] for this layer's output size H' x W'.
+        """
+        if x.ndim != 4 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must be [B, H, W, {self.in_features}] (NHWC), got shape {x.shape}")
+        bias = self.bias[...] if self.bias is not None else None
+        x, kernel, bias = dtypes.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+        y = patch_conv_max_pool(x, kernel, padding=self.padding, precision=self.precision)
+        return y if bias is None else y + bias
+
+
+def _windows(x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, H//2, 2, W//2, 2, C] (a trailing odd row or column is dropped)."""
+    if x.ndim != 4:
+        raise ValueError(f"x must be NHWC [B, H, W, C], got shape {x.shape}")
+    n, h, w, c = x.shape
+    if h < 2 or w < 2:
+        raise ValueError(f"x must be at least 2x2 to pool, got shape {x.shape}")
+    x = x[:, : h - h % 2, : w - w % 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _first_max(windows: jax.Array, axes: tuple[int, int]) -> jax.Array:
+    """Max over the two length-2 window axes `axes` (ay < ax) of `windows`."""
+    return windows.max(axis=axes)
+
+
+def _first_max_forward(
+    windows: jax.Array, axes: tuple[int, int]
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    y = windows.max(axis=axes)
+    return y, (windows, y)
+
+
+def _first_max_backward(
+    axes: tuple[int, int], residuals: tuple[jax.Array, jax.Array], g: jax.Array
+) -> tuple[jax.Array]:
+    # Route g to the first maximum of each window in row-major order: (0, 0), (0, 1), (1, 0),
+    # (1, 1), as reduce_window and torch do. Elementwise only, so XLA fuses it into one loop.
+    windows, y = residuals
+    ay, ax = axes
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for dy in range(2):
+        row = jax.lax.index_in_dim(windows, dy, ay, keepdims=False)
+        cols = []
+        for dx in range(2):
+            hit = (jax.lax.index_in_dim(row, dx, ax - 1, keepdims=False) == y) & ~taken
+            taken = taken | hit
+            cols.append(jnp.where(hit, g, jnp.zeros_like(g)))
+        rows.append(jnp.stack(cols, axis=ax - 1))
+    return (jnp.stack(rows, axis=ay),)
+
+
+_first_max.defvjp(_first_max_forward, _first_max_backward)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2, stride-2 max pooling ('VALID', as `nnx.max_pool(x, (2, 2), strides=(2, 2))`).
+
+    A reshape and a max instead of `lax.reduce_window`, whose gradient is slow on XLA:CPU. The
+    gradient goes to the first maximum of each window in row-major order, as with
+    reduce_window, nnx.max_pool and torch's MaxPool2d (a plain `jnp.max` would split it between
+    tied entries, e.g. the zeros after a ReLU).
+
+    Args:
+        x: [B, H, W, C].
+
+    Returns:
+        [B, H // 2, W // 2, C].
+    """
+    return _first_max(_windows(x), (2, 4))
+
+
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2, stride-2 average pooling ('VALID', as `nnx.avg_pool(x, (2, 2), strides=(2, 2))`).
+
+    Args:
+        x: [B, H, W, C].
+
+    Returns:
+        [B, H // 2, W // 2, C].
+    """
+    return _windows(x).mean(axis=(2, 4))
