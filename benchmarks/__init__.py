@@ -1,0 +1,1 @@
+"""Timing benchmarks of jaxcal against the original PyTorch notebooks."""

@@ -1,0 +1,662 @@
+"""jaxcal against the original PyTorch notebooks: step, epoch and temperature-scaling times.
+
+Run `python -m benchmarks.step_times [--quick] [--json PATH] [--markdown PATH]`. Every task
+times jaxcal and its reference interleaved (A B A B ...) after warm-up and reports medians;
+first calls (JAX: trace + compile) are reported separately. Without torch, the torch references
+are skipped and the reason is printed; the numpy reference of the temperature sweep still runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from benchmarks.timing import first_call_ms, machine_info, median, time_interleaved
+from jaxcal import calibration, train
+from jaxcal.data import transforms
+from jaxcal.models import MLP, LeNet5, ResNet18
+from jaxcal.models.conv import PatchConv
+
+REQUIRED_KEYS = ("task", "jaxcal_ms", "reference", "reference_ms", "speedup")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """Sizes and repeat counts of one benchmark run.
+
+    Attributes:
+        repeats: timed rounds per task (the median is reported).
+        step_number: steps per timed sample for the small step tasks.
+        resnet_batch: ResNet18 batch size (8 as the originals; smaller in quick mode).
+        resnet_repeats: timed rounds for ResNet18.
+        epoch_train: training images in `lenet_epoch` (the bird/cat split's 8,000).
+        epoch_val: validation images in `lenet_epoch`.
+        epoch_repeats: timed epochs per side.
+        sweep_samples: samples of the `temperature_sweep` comparison.
+        sweep_temperatures: temperatures of the sweep.
+        big_sweep_samples: samples of the jaxcal-only sweep.
+        fit_samples: samples of the `temperature_fit` comparison.
+    """
+
+    repeats: int = 9
+    step_number: int = 10
+    resnet_batch: int = 8
+    resnet_repeats: int = 5
+    epoch_train: int = 8000
+    epoch_val: int = 2000
+    epoch_repeats: int = 5
+    sweep_samples: int = 10_000
+    sweep_temperatures: int = 1000
+    big_sweep_samples: int = 1_000_000
+    fit_samples: int = 10_000
+
+    @classmethod
+    def quick(cls) -> BenchConfig:
+        """A run of a few minutes on 2 cores: fewer repeats, ResNet18 at batch 2."""
+        return cls(
+            repeats=5,
+            step_number=5,
+            resnet_batch=2,
+            resnet_repeats=3,
+            epoch_repeats=2,
+            big_sweep_samples=200_000,
+        )
+
+
+def load_torch_reference() -> tuple[ModuleType | None, str]:
+    """(benchmarks.torch_reference, "") or (None, why torch cannot be used)."""
+    try:
+        from benchmarks import torch_reference
+    except ImportError as error:
+        return (
+            None,
+            f"torch is not importable ({error}); install it with `pip install -e '.[torch]'`",
+        )
+    return torch_reference, ""
+
+
+def _row(
+    task: str,
+    variant: str,
+    jaxcal_samples: list[float],
+    reference: str | None,
+    reference_samples: list[float] | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    jaxcal_ms = median(jaxcal_samples)
+    reference_ms = None if reference_samples is None else median(reference_samples)
+    return {
+        "task": task,
+        "variant": variant,
+        "jaxcal_ms": jaxcal_ms,
+        "reference": reference,
+        "reference_ms": reference_ms,
+        "speedup": None if reference_ms is None else round(reference_ms / jaxcal_ms, 3),
+        "jaxcal_samples_ms": [round(v, 3) for v in jaxcal_samples],
+        "reference_samples_ms": None
+        if reference_samples is None
+        else [round(v, 3) for v in reference_samples],
+        **extra,
+    }
+
+
+def _time_all(
+    runs: dict[str, Callable[[], Any] | None], *, repeats: int, number: int = 1
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """First-call ms of each run, then interleaved samples of all; `None` runs are skipped."""
+    runs = {name: run for name, run in runs.items() if run is not None}
+    first = {name: first_call_ms(run) for name, run in runs.items()}
+    return time_interleaved(runs, repeats=repeats, number=number, warmup=2), first
+
+
+def _compare(
+    jaxcal_run: Callable[[], Any],
+    reference_run: Callable[[], Any] | None,
+    *,
+    repeats: int,
+    number: int = 1,
+) -> tuple[list[float], list[float] | None, float, float | None]:
+    """(jaxcal samples, reference samples, jaxcal first call ms, reference first call ms)."""
+    samples, first = _time_all(
+        {"jaxcal": jaxcal_run, "reference": reference_run}, repeats=repeats, number=number
+    )
+    return samples["jaxcal"], samples.get("reference"), first["jaxcal"], first.get("reference")
+
+
+def _rows_against_reference(
+    task: str,
+    variants: dict[str, Callable[[], Any]],
+    reference_name: str | None,
+    reference: Callable[[], Any] | None,
+    *,
+    repeats: int,
+    number: int = 1,
+) -> list[dict[str, Any]]:
+    """One row per jaxcal variant, all timed interleaved with the one reference."""
+    samples, first = _time_all({**variants, "reference": reference}, repeats=repeats, number=number)
+    return [
+        _row(
+            task,
+            name,
+            samples[name],
+            None if reference is None else reference_name,
+            samples.get("reference"),
+            jaxcal_first_call_ms=round(first[name], 1),
+            reference_first_call_ms=None if reference is None else round(first["reference"], 1),
+        )
+        for name in variants
+    ]
+
+
+def jaxcal_step_runner(
+    model: nnx.Module,
+    config: train.TrainConfig,
+    preprocess: train.Preprocess | None,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    batches: int = 4,
+    seed: int = 0,
+) -> Callable[[], Any]:
+    """One call of jaxcal's jitted train step (gather, preprocess, forward, backward, update).
+
+    The step reads its batch from uint8 images held on the device, as `train.fit` does.
+    """
+    rng = np.random.default_rng(seed)
+    n = batches * config.batch_size
+    images = jnp.asarray(rng.integers(0, 256, (n, *image_shape), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, max(num_classes, 2), n).astype(np.int32))
+    graphdef, state = train.create_train_state(model, config)
+    step = train.make_train_step(graphdef, config, preprocess)
+    order = train.epoch_batches(jax.random.key(seed), n, config.batch_size)
+    holder = [state]
+
+    def run():
+        holder[0], metrics = step(holder[0], images, labels, order)
+        return metrics.block_until_ready()
+
+    return run
+
+
+def with_other_convolutions(model: LeNet5) -> LeNet5:
+    """`model` with its convolutions switched between `PatchConv` and `nnx.Conv`, same weights.
+
+    jaxcal's LeNet5 builds PatchConv on CPU and nnx.Conv on GPU/TPU (XLA's convolutions); the
+    switched model times the other lowering inside the very same training code.
+    """
+    for i in range(1, len(model.config.convs) + 1):
+        old = getattr(model, f"conv{i}")
+        other = nnx.Conv if isinstance(old, PatchConv) else PatchConv
+        new = other(
+            old.in_features,
+            old.out_features,
+            old.kernel_size,
+            padding=old.padding,
+            use_bias=old.use_bias,
+            rngs=nnx.Rngs(0),
+        )
+        new.kernel = old.kernel
+        if old.use_bias:
+            new.bias = old.bias
+        setattr(model, f"conv{i}", new)
+    return model
+
+
+def _lowering(model: LeNet5) -> str:
+    if isinstance(model.conv1, PatchConv):
+        return "PatchConv, patches + GEMM"
+    return "nnx.Conv, XLA convolutions"
+
+
+def bench_lenet_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
+    """LeNet-5 bird/cat step, batch 64, Adam 1e-3: jaxcal's train step vs torch eager.
+
+    Rows: jaxcal's LeNet5 as built for this backend, and with the other convolution lowering.
+    """
+    config = train.TrainConfig(batch_size=64)
+    preprocess = transforms.make_preprocess(*transforms.CIFAR_MEAN_STD)
+    variants = {}
+    for model in (
+        LeNet5.birdcat(rngs=nnx.Rngs(0)),
+        with_other_convolutions(LeNet5.birdcat(rngs=nnx.Rngs(0))),
+    ):
+        variants[f"jaxcal LeNet5 ({_lowering(model)})"] = jaxcal_step_runner(
+            model, config, preprocess, (32, 32, 3), 1
+        )
+    reference = None if torch_ref is None else torch_ref.lenet_step(64)
+    return _rows_against_reference(
+        "lenet_step",
+        variants,
+        "torch eager, notebook LeNet5",
+        reference,
+        repeats=cfg.repeats,
+        number=cfg.step_number,
+    )
+
+
+def bench_mlp_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
+    """MLP 784-512-512-10 step, batch 64, SGD 0.01: jaxcal's train step vs torch eager."""
+    config = train.TrainConfig(batch_size=64, optimizer="sgd", learning_rate=0.01)
+    jaxcal_run = jaxcal_step_runner(
+        MLP(rngs=nnx.Rngs(0)), config, transforms.make_preprocess(), (28, 28, 1), 10
+    )
+    reference = None if torch_ref is None else torch_ref.mlp_step(64)
+    ours, theirs, first, first_ref = _compare(
+        jaxcal_run, reference, repeats=cfg.repeats, number=cfg.step_number
+    )
+    return [
+        _row(
+            "mlp_step",
+            "jaxcal MLP",
+            ours,
+            None if reference is None else "torch eager, notebook MultiLayerNN",
+            theirs,
+            jaxcal_first_call_ms=round(first, 1),
+            reference_first_call_ms=None if first_ref is None else round(first_ref, 1),
+        )
+    ]
+
+
+def bench_resnet18_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
+    """ResNet18 at 224: head-only (1 logit, Adam 1e-3) and layer4+head (2 classes, Adam 1e-5)."""
+    rows = []
+    preprocess = transforms.make_preprocess(*transforms.IMAGENET_MEAN_STD)
+    for variant, trainable, num_classes, lr in (
+        ("head-only", ("fc",), 1, 1e-3),
+        ("layer4+head", ("layer4", "fc"), 2, 1e-5),
+    ):
+        config = train.TrainConfig(
+            batch_size=cfg.resnet_batch, trainable=trainable, learning_rate=lr
+        )
+        jaxcal_run = jaxcal_step_runner(
+            ResNet18(num_classes, rngs=nnx.Rngs(0)),
+            config,
+            preprocess,
+            (224, 224, 3),
+            num_classes,
+            batches=2,
+        )
+        reference = (
+            None
+            if torch_ref is None
+            else torch_ref.resnet18_step(cfg.resnet_batch, 224, trainable, num_classes, lr)
+        )
+        ours, theirs, first, first_ref = _compare(jaxcal_run, reference, repeats=cfg.resnet_repeats)
+        rows.append(
+            _row(
+                "resnet18_step",
+                f"{variant}, 224x224, batch {cfg.resnet_batch}",
+                ours,
+                None if reference is None else "torch eager, torchvision-layout ResNet18",
+                theirs,
+                jaxcal_first_call_ms=round(first, 1),
+                reference_first_call_ms=None if first_ref is None else round(first_ref, 1),
+            )
+        )
+    return rows
+
+
+def _birdcat_shaped(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 images [n, 32, 32, 3] and labels in {0, 1} (timing needs no real data)."""
+    rng = np.random.default_rng(seed)
+    return (
+        rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        rng.integers(0, 2, n).astype(np.int64),
+    )
+
+
+def bench_lenet_epoch(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
+    """One bird/cat epoch + validation: `train.fit` vs the notebook's DataLoader pipeline."""
+    train_data = _birdcat_shaped(cfg.epoch_train, 1)
+    val_data = _birdcat_shaped(cfg.epoch_val, 2)
+    preprocess = transforms.make_preprocess(*transforms.CIFAR_MEAN_STD)
+    config = train.TrainConfig(epochs=1, batch_size=64)
+
+    def epoch_of(model: nnx.Module, config: train.TrainConfig = config) -> Callable[[], float]:
+        def epoch() -> float:
+            history = train.fit(
+                model, train_data, val_data, config, preprocess=preprocess, progress=False
+            )
+            return history.val_accuracy[-1]
+
+        return epoch
+
+    model = LeNet5.birdcat(rngs=nnx.Rngs(0))
+    fused = dataclasses.replace(config, steps_per_call=8)
+    variants = {
+        f"jaxcal LeNet5 ({_lowering(model)}), train.fit": epoch_of(model),
+        "same, steps_per_call=8 (lax.scan)": epoch_of(LeNet5.birdcat(rngs=nnx.Rngs(0)), fused),
+    }
+    other = with_other_convolutions(LeNet5.birdcat(rngs=nnx.Rngs(0)))
+    variants[f"jaxcal LeNet5 ({_lowering(other)}), train.fit"] = epoch_of(other)
+    reference, reference_name = None, None
+    if torch_ref is not None:
+        ok, why = torch_ref.workers_can_start()
+        workers = 2 if ok else 0
+        reference = torch_ref.lenet_epoch(train_data, val_data, num_workers=workers)
+        reference_name = f"torch DataLoader + eager loop, num_workers={workers}" + (
+            "" if ok else f" (2 workers failed: {why})"
+        )
+    rows = _rows_against_reference(
+        "lenet_epoch", variants, reference_name, reference, repeats=cfg.epoch_repeats
+    )
+    for row in rows:
+        row["images"] = {"train": cfg.epoch_train, "val": cfg.epoch_val, "batch_size": 64}
+    return rows
+
+
+def overconfident_logits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Binary logits 3x too confident: labels ~ Bernoulli(sigmoid(z)), logits = 3 z.
+
+    Returns:
+        (float32 logits [n], int32 labels [n]); the NLL-optimal temperature is near 3.
+    """
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 1.5, n)
+    labels = (rng.random(n) < 1.0 / (1.0 + np.exp(-z))).astype(np.int32)
+    return (3.0 * z).astype(np.float32), labels
+
+
+def ece_numpy_loop(
+    logits: np.ndarray, labels: np.ndarray, temperatures: np.ndarray, num_bins: int = 15
+) -> np.ndarray:
+    """The notebooks' way: numpy per temperature, a Python loop over the bins.
+
+    Same convention as `jaxcal.calibration.ece` defaults: confidence p(y=1) of binary logits,
+    equal-width bins [lo, hi) with 1.0 in the last bin, weights n_bin / N.
+
+    Args:
+        logits: float32 [N] binary logits.
+        labels: [N] in {0, 1}.
+        temperatures: [T].
+        num_bins: bins (15).
+
+    Returns:
+        float64 [T] ECE of logits / T.
+    """
+    edges = (np.arange(num_bins + 1) / num_bins).astype(logits.dtype)
+    targets = labels.astype(np.float64)
+    out = np.empty(len(temperatures))
+    for t, temperature in enumerate(temperatures):
+        probs = 1.0 / (1.0 + np.exp(-(logits / logits.dtype.type(temperature))))
+        ece = 0.0
+        for b in range(num_bins):
+            upper = probs <= edges[b + 1] if b == num_bins - 1 else probs < edges[b + 1]
+            in_bin = (probs >= edges[b]) & upper
+            count = int(in_bin.sum())
+            if count:
+                gap = targets[in_bin].mean() - probs[in_bin].astype(np.float64).mean()
+                ece += count / len(probs) * abs(gap)
+        out[t] = ece
+    return out
+
+
+def bench_temperature_sweep(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
+    """ECE at 1,000 temperatures: `temperature_sweep` vs the numpy loop; 1M samples alone."""
+    del torch_ref  # the reference is numpy
+    temperatures = np.geomspace(0.25, 8.0, cfg.sweep_temperatures).astype(np.float32)
+    logits, labels = overconfident_logits(cfg.sweep_samples)
+    logits_d, labels_d, temps_d = (
+        jnp.asarray(logits),
+        jnp.asarray(labels),
+        jnp.asarray(temperatures),
+    )
+
+    def jaxcal_sweep():
+        return calibration.temperature_sweep(logits_d, labels_d, temps_d).ece.block_until_ready()
+
+    loop = np.zeros(0)
+
+    def numpy_sweep():
+        nonlocal loop
+        loop = ece_numpy_loop(logits, labels, temperatures)
+        return loop
+
+    ours, theirs, first, first_ref = _compare(jaxcal_sweep, numpy_sweep, repeats=cfg.repeats)
+    sweep = np.asarray(jaxcal_sweep(), np.float64)
+    rows = [
+        _row(
+            "temperature_sweep",
+            f"{cfg.sweep_temperatures} temperatures x {cfg.sweep_samples} samples, 15 bins",
+            ours,
+            "numpy per temperature, Python loop over bins",
+            theirs,
+            jaxcal_first_call_ms=round(first, 1),
+            reference_first_call_ms=round(first_ref, 1),
+            max_abs_ece_difference=float(np.max(np.abs(sweep - loop))),
+        )
+    ]
+    big_logits, big_labels = (jnp.asarray(a) for a in overconfident_logits(cfg.big_sweep_samples))
+
+    def big_sweep():
+        return calibration.temperature_sweep(
+            big_logits, big_labels, temps_d
+        ).ece.block_until_ready()
+
+    first_big = first_call_ms(big_sweep)
+    samples = time_interleaved({"big": big_sweep}, repeats=3, warmup=0)
+    compiled = (
+        jax.jit(calibration.temperature_sweep).lower(big_logits, big_labels, temps_d).compile()
+    )
+    memory = compiled.memory_analysis()
+    peak = None
+    if memory is not None:
+        peak = (
+            memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            + memory.temp_size_in_bytes
+            - memory.alias_size_in_bytes
+        )
+    rows.append(
+        _row(
+            "temperature_sweep",
+            f"{cfg.sweep_temperatures} temperatures x {cfg.big_sweep_samples} samples, jaxcal only",
+            samples["big"],
+            None,
+            None,
+            jaxcal_first_call_ms=round(first_big, 1),
+            peak_memory_mb=None if peak is None else round(peak / 2**20, 1),
+            peak_memory_note="XLA's buffer plan: arguments + outputs + temporaries",
+        )
+    )
+    return rows
+
+
+def exact_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The NLL-optimal T of binary logits, to float64 precision.
+
+    The mean BCE of a * logits is convex in a = 1/T, so its derivative is increasing: bracket
+    its root, then take Newton steps, bisecting whenever a step would leave the bracket.
+    """
+    z = logits.astype(np.float64)
+    y = labels.astype(np.float64)
+
+    def derivatives(a: float) -> tuple[float, float]:
+        p = 0.5 * (1.0 + np.tanh(0.5 * a * z))  # sigmoid without overflow
+        return float(np.mean((p - y) * z)), float(np.mean(p * (1.0 - p) * z * z))
+
+    if derivatives(0.0)[0] >= 0.0:
+        raise ValueError("the optimal temperature is infinite (the logits do not predict)")
+    if np.all((z == 0) | ((z > 0) == (y == 1))):
+        raise ValueError("the logits separate the labels: the optimal temperature is 0")
+    lo, hi = 0.0, 1.0
+    while derivatives(hi)[0] < 0.0:
+        lo, hi = hi, 2.0 * hi
+    a = 0.5 * (lo + hi)
+    for _ in range(200):
+        grad, hess = derivatives(a)
+        if grad < 0.0:
+            lo = a
+        else:
+            hi = a
+        step = a - grad / hess if hess > 0.0 else 0.5 * (lo + hi)
+        following = step if lo < step < hi else 0.5 * (lo + hi)
+        if abs(following - a) <= 1e-15 * a:
+            break
+        a = following
+    return 1.0 / a
+
+
+def bench_temperature_fit(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
+    """`fit_temperature` vs torch LBFGS with the notebook's and with converging settings."""
+    logits, labels = overconfident_logits(cfg.fit_samples, seed=1)
+    exact = exact_temperature(logits, labels)
+    logits_d, labels_d = jnp.asarray(logits), jnp.asarray(labels)
+    found: dict[str, float] = {}
+
+    def jaxcal_fit():
+        fit = calibration.fit_temperature(logits_d, labels_d)
+        found["jaxcal"] = float(fit.temperature)
+        return found["jaxcal"]
+
+    settings = {
+        "notebook": ("torch LBFGS lr=0.01, max_iter=50 (the notebook)", 0.01, 50, None),
+        "converged": (
+            "torch LBFGS lr=1, max_iter=100, strong_wolfe",
+            1.0,
+            100,
+            "strong_wolfe",
+        ),
+    }
+    rows = []
+    for key, (name, lr, max_iter, line_search) in settings.items():
+        reference = None
+        if torch_ref is not None:
+
+            def reference(lr=lr, max_iter=max_iter, line_search=line_search, key=key):
+                found[key] = torch_ref.fit_scale_lbfgs(
+                    logits, labels, lr=lr, max_iter=max_iter, line_search_fn=line_search
+                )
+                return found[key]
+
+        ours, theirs, first, first_ref = _compare(jaxcal_fit, reference, repeats=cfg.repeats)
+        rows.append(
+            _row(
+                "temperature_fit",
+                f"{cfg.fit_samples} binary logits, vs {key} LBFGS",
+                ours,
+                None if reference is None else name,
+                theirs,
+                jaxcal_first_call_ms=round(first, 1),
+                reference_first_call_ms=None if first_ref is None else round(first_ref, 1),
+                exact_temperature=exact,
+                jaxcal_temperature=found["jaxcal"],
+                jaxcal_relative_error=abs(found["jaxcal"] - exact) / exact,
+                reference_temperature=found.get(key),
+                reference_relative_error=None
+                if key not in found
+                else abs(found[key] - exact) / exact,
+            )
+        )
+    return rows
+
+
+TASKS: dict[str, Callable[[BenchConfig, ModuleType | None], list[dict[str, Any]]]] = {
+    "lenet_step": bench_lenet_step,
+    "mlp_step": bench_mlp_step,
+    "resnet18_step": bench_resnet18_step,
+    "lenet_epoch": bench_lenet_epoch,
+    "temperature_sweep": bench_temperature_sweep,
+    "temperature_fit": bench_temperature_fit,
+}
+
+
+def run(
+    quick: bool = False,
+    tasks: tuple[str, ...] | None = None,
+    config: BenchConfig | None = None,
+    torch_ref: ModuleType | None = None,
+    torch_reason: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Runs the benchmark and returns {"machine", "config", "torch", "rows"}.
+
+    Args:
+        quick: `BenchConfig.quick()` instead of the full sizes.
+        tasks: subset of `TASKS` (default all, in order).
+        config: explicit sizes (overrides `quick`).
+        torch_ref: the torch reference module; default: imported here when torch is installed.
+        torch_reason: with `torch_ref=None`, why torch is not used (skips the import attempt).
+        log: progress messages.
+    """
+    tasks = tuple(TASKS) if tasks is None else tuple(tasks)
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+    if torch_ref is None and torch_reason is None:
+        torch_ref, torch_reason = load_torch_reference()
+    threads = None
+    if torch_ref is not None:
+        threads = torch_ref.set_threads()
+        torch_reason = ""
+    else:
+        log(f"PyTorch references skipped: {torch_reason}")
+    if config is not None and not isinstance(config, BenchConfig):
+        raise TypeError(f"config must be a BenchConfig or None, got {type(config).__name__}")
+    cfg = config or (BenchConfig.quick() if quick else BenchConfig())
+    machine = machine_info()
+    machine["torch_threads"] = threads
+    rows: list[dict[str, Any]] = []
+    for task in tasks:
+        log(f"{task} ...")
+        rows.extend(TASKS[task](cfg, torch_ref))
+    machine["load_average_at_end"] = machine_info()["load_average_at_start"]
+    return {
+        "machine": machine,
+        "config": {"quick": quick, **dataclasses.asdict(cfg)},
+        "torch": torch_reason or f"ok, torch.set_num_threads({threads}), device {torch_ref.DEVICE}",
+        "rows": rows,
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table with a line on the machine."""
+    machine = report["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    lines = [
+        f"{machine['cores']} cores ({machine['cpu']}), {machine['jax_backend']} backend; "
+        f"{versions}; torch: {report['torch']}; quick={report['config']['quick']}",
+        "",
+        "| task | variant | jaxcal ms | first call ms | reference | reference ms | speedup |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        ref_ms = "" if row["reference_ms"] is None else f"{row['reference_ms']:.2f}"
+        speedup = "" if row["speedup"] is None else f"{row['speedup']:.2f}x"
+        lines.append(
+            f"| {row['task']} | {row['variant']} | {row['jaxcal_ms']:.2f} | "
+            f"{row.get('jaxcal_first_call_ms', 0):.0f} | {row['reference'] or '-'} | {ref_ms} | "
+            f"{speedup} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few minutes on 2 cores")
+    parser.add_argument("--json", type=pathlib.Path, help="write the report as JSON here")
+    parser.add_argument("--markdown", type=pathlib.Path, help="write the table here")
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help="default: all")
+    args = parser.parse_args(argv)
+    report = run(quick=args.quick, tasks=args.tasks, log=lambda m: print(m, file=sys.stderr))
+    table = markdown(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    if args.markdown:
+        args.markdown.write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

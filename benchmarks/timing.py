@@ -1,0 +1,109 @@
+"""Interleaved wall-clock timing (warm-up, then A B A B ... repeats, medians) and machine facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from typing import Any
+
+
+def time_interleaved(
+    runs: Mapping[str, Callable[[], Any]],
+    *,
+    repeats: int,
+    number: int = 1,
+    warmup: int = 1,
+) -> dict[str, list[float]]:
+    """Times several workloads in turn, so that load on a shared machine hits them alike.
+
+    Every `run()` must do its work and wait for it (`block_until_ready` for JAX, nothing for
+    eager torch). Each run is first called `warmup` times untimed; then, `repeats` times, each
+    run in turn (A B A B ...) is called `number` times in a row and timed.
+
+    Args:
+        runs: name -> zero-argument callable doing one unit of work (one step, one epoch, ...).
+        repeats: timed rounds (>= 1).
+        number: calls per timed sample (>= 1); the sample is their mean.
+        warmup: untimed calls of each run before the first round (>= 0).
+
+    Returns:
+        name -> [repeats] milliseconds per call, in round order.
+    """
+    if not runs:
+        raise ValueError("runs must name at least one workload")
+    for name, value, least in (
+        ("repeats", repeats, 1),
+        ("number", number, 1),
+        ("warmup", warmup, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    for name, run in runs.items():
+        if not callable(run):
+            raise TypeError(f"runs[{name!r}] must be callable, got {type(run).__name__}")
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                run()
+            samples[name].append((time.perf_counter() - start) * 1e3 / number)
+    return samples
+
+
+def first_call_ms(fn: Callable[[], Any]) -> float:
+    """Milliseconds of one call of `fn` (for a fresh jitted function: trace + compile + run)."""
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def median(samples: list[float]) -> float:
+    """The median of `samples`, rounded to 4 decimals (milliseconds)."""
+    if not samples:
+        raise ValueError("samples must not be empty")
+    return round(statistics.median(samples), 4)
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of distribution `name`, None when it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, CPU, Python, JAX backend and library versions of this machine."""
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_at_start": load,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d.device_kind) for d in jax.devices()],
+        "versions": {
+            name: package_version(name)
+            for name in ("jax", "jaxlib", "flax", "optax", "numpy", "torch")
+        },
+    }

@@ -1,0 +1,173 @@
+"""Tests for benchmarks/: the timing harness, the reference computations and the report rows."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from benchmarks import step_times, timing
+from jaxcal import calibration
+from jaxcal.models import LeNet5
+
+TASKS = (
+    "lenet_step",
+    "mlp_step",
+    "resnet18_step",
+    "lenet_epoch",
+    "temperature_sweep",
+    "temperature_fit",
+)
+# One sample moving between adjacent bins changes the ECE by up to 2 / N; float32 sums over
+# 10,000 samples differ from float64 ones by ~1e-6. Equal ECE values: within 1e-5.
+ECE_ATOL = 1e-5
+
+
+def test_time_interleaved_warms_up_then_alternates():
+    calls = []
+    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    samples = timing.time_interleaved(runs, repeats=3, number=2, warmup=1)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    assert set(samples) == {"a", "b"}
+    assert all(len(v) == 3 and all(ms >= 0 for ms in v) for v in samples.values())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"runs": {}, "repeats": 1}, "at least one"),
+        ({"runs": {"a": print}, "repeats": 0}, "repeats"),
+        ({"runs": {"a": print}, "repeats": 1, "number": 0}, "number"),
+        ({"runs": {"a": print}, "repeats": 1, "warmup": -1}, "warmup"),
+    ],
+)
+def test_time_interleaved_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        timing.time_interleaved(**kwargs)
+    with pytest.raises(TypeError, match="callable"):
+        timing.time_interleaved({"a": 1}, repeats=1)
+
+
+def test_median_and_machine_info():
+    assert timing.median([3.0, 1.0, 2.0, 10.0]) == 2.5
+    with pytest.raises(ValueError):
+        timing.median([])
+    info = timing.machine_info()
+    assert info["cores"] >= 1 and info["versions"]["jax"] and info["jax_backend"]
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), temperature=st.floats(0.2, 5.0))
+def test_numpy_ece_loop_equals_jaxcal_ece(seed, temperature):
+    logits, labels = step_times.overconfident_logits(500, seed)
+    loop = step_times.ece_numpy_loop(logits, labels, np.asarray([temperature], np.float32))
+    scaled = jnp.asarray(logits) / jnp.float32(temperature)
+    ours = calibration.ece(scaled, jnp.asarray(labels), num_bins=15)
+    np.testing.assert_allclose(loop[0], float(ours), atol=ECE_ATOL)
+
+
+def test_numpy_ece_loop_matches_netcal():
+    netcal = pytest.importorskip("netcal.metrics")
+    logits, labels = step_times.overconfident_logits(2000, 3)
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    expected = netcal.ECE(bins=15).measure(probs, labels)
+    loop = step_times.ece_numpy_loop(logits, labels, np.asarray([1.0], np.float32))
+    np.testing.assert_allclose(loop[0], expected, atol=ECE_ATOL)
+
+
+def test_exact_temperature_is_the_nll_minimum():
+    optimize = pytest.importorskip("scipy.optimize")
+    logits, labels = step_times.overconfident_logits(5000, 4)
+    exact = step_times.exact_temperature(logits, labels)
+    z, y = logits.astype(np.float64), labels.astype(np.float64)
+
+    def nll(temperature):
+        return np.mean(np.logaddexp(0.0, z / temperature) - y * z / temperature)
+
+    bounded = optimize.minimize_scalar(nll, bounds=(0.5, 10.0), method="bounded")
+    assert abs(exact - bounded.x) / exact < 1e-6
+    assert 2.5 < exact < 3.5  # logits were made 3x overconfident
+    assert nll(exact) <= min(nll(exact * (1 + 1e-6)), nll(exact * (1 - 1e-6)))
+    with pytest.raises(ValueError, match="separate"):
+        step_times.exact_temperature(np.asarray([-2.0, 3.0]), np.asarray([0, 1]))
+
+
+def test_switching_lenet_convolutions_keeps_weights_and_outputs():
+    model = LeNet5.mnist_cnn(rngs=nnx.Rngs(0))  # padding 2 in conv1, no padding in conv2
+    switched = step_times.with_other_convolutions(LeNet5.mnist_cnn(rngs=nnx.Rngs(0)))
+    assert type(model.conv1) is not type(switched.conv1)
+    assert type(model.conv2) is not type(switched.conv2)
+    jax.tree.map(
+        np.testing.assert_array_equal, nnx.state(model, nnx.Param), nnx.state(switched, nnx.Param)
+    )
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 28, 28, 1), np.float32))
+    # Two float32 lowerings of the same convolutions: 150-term sums, logits of size ~0.1.
+    np.testing.assert_allclose(model(x), switched(x), atol=1e-5)
+
+
+def test_torch_missing_is_reported_not_fatal(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    monkeypatch.delitem(sys.modules, "benchmarks.torch_reference", raising=False)
+    module, reason = step_times.load_torch_reference()
+    assert module is None and "torch" in reason
+    tiny = step_times.BenchConfig(
+        repeats=2,
+        step_number=1,
+        sweep_samples=2000,
+        sweep_temperatures=50,
+        big_sweep_samples=5000,
+        fit_samples=2000,
+    )
+    messages = []
+    report = step_times.run(
+        tasks=("temperature_sweep", "temperature_fit"), config=tiny, log=messages.append
+    )
+    assert "torch" in report["torch"] and any("skipped" in m for m in messages)
+    rows = report["rows"]
+    assert [r["task"] for r in rows] == ["temperature_sweep"] * 2 + ["temperature_fit"] * 2
+    sweep = rows[0]
+    assert sweep["reference"].startswith("numpy")  # needs no torch
+    assert sweep["max_abs_ece_difference"] <= ECE_ATOL
+    assert sweep["speedup"] == pytest.approx(sweep["reference_ms"] / sweep["jaxcal_ms"], rel=1e-2)
+    for row in rows[2:]:
+        assert row["reference"] is None and row["reference_ms"] is None and row["speedup"] is None
+        assert row["jaxcal_relative_error"] < 1e-5
+    table = step_times.markdown(report)
+    assert table.count("| temperature_") == 4
+
+
+def test_run_rejects_unknown_tasks_and_configs():
+    with pytest.raises(ValueError, match="unknown tasks"):
+        step_times.run(tasks=("nope",), torch_reason="not needed")
+    with pytest.raises(TypeError, match="BenchConfig"):
+        step_times.run(tasks=("temperature_fit",), config={"repeats": 1}, torch_reason="x")
+
+
+@pytest.mark.slow
+def test_quick_mode_writes_every_row(tmp_path):
+    json_path, md_path = tmp_path / "times.json", tmp_path / "times.md"
+    command = [sys.executable, "-m", "benchmarks.step_times", "--quick"]
+    command += ["--json", str(json_path), "--markdown", str(md_path)]
+    subprocess.run(command, check=True, timeout=600, capture_output=True)
+    report = json.loads(json_path.read_text())
+    rows = report["rows"]
+    assert {row["task"] for row in rows} == set(TASKS)
+    assert len([r for r in rows if r["task"] == "resnet18_step"]) == 2
+    for row in rows:
+        assert all(key in row for key in step_times.REQUIRED_KEYS)
+        assert row["jaxcal_ms"] > 0 and row["jaxcal_first_call_ms"] > 0
+        if row["reference_ms"] is not None:
+            assert row["speedup"] == pytest.approx(row["reference_ms"] / row["jaxcal_ms"], rel=1e-2)
+    sweep = next(r for r in rows if r["task"] == "temperature_sweep")
+    assert sweep["max_abs_ece_difference"] <= ECE_ATOL
+    for row in rows:
+        if row["task"] == "temperature_fit":
+            assert row["jaxcal_relative_error"] < 1e-5
+    assert report["machine"]["cores"] >= 1 and report["machine"]["versions"]["jax"]
+    assert md_path.read_text().count("\n| ") == len(rows) + 1  # header + one line per row
