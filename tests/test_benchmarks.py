@@ -1,6 +1,7 @@
 """Tests for benchmarks/: the timing harness, the reference computations and the report rows."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -154,7 +155,8 @@ def test_quick_mode_writes_every_row(tmp_path):
     json_path, md_path = tmp_path / "times.json", tmp_path / "times.md"
     command = [sys.executable, "-m", "benchmarks.step_times", "--quick"]
     command += ["--json", str(json_path), "--markdown", str(md_path)]
-    subprocess.run(command, check=True, timeout=600, capture_output=True)
+    root = pathlib.Path(__file__).resolve().parents[1]  # `benchmarks` is run from the repo root
+    subprocess.run(command, check=True, timeout=600, capture_output=True, cwd=root)
     report = json.loads(json_path.read_text())
     rows = report["rows"]
     assert {row["task"] for row in rows} == set(TASKS)

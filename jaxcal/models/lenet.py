@@ -263,6 +263,13 @@ class LeNet5(nnx.Module):
         itself has nothing to do.
         """
 
+    def _pool(self, h: jax.Array, *, patches: bool) -> jax.Array:
+        """2x2/2 pooling: reshape-based next to PatchConv (CPU), reduce_window elsewhere."""
+        if patches:
+            return max_pool_2x2(h) if self.config.pool == "max" else avg_pool_2x2(h)
+        pool = nnx.max_pool if self.config.pool == "max" else nnx.avg_pool
+        return pool(h, (2, 2), strides=(2, 2))
+
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
         """Logits of a batch of images.
 
@@ -287,7 +294,6 @@ class LeNet5(nnx.Module):
             )
         if isinstance(rngs, jax.Array):
             rngs = nnx.Rngs(dropout=rngs)
-        pool = max_pool_2x2 if cfg.pool == "max" else avg_pool_2x2
         h = x
         for i, spec in enumerate(cfg.convs, start=1):
             layer = getattr(self, f"conv{i}")
@@ -305,7 +311,7 @@ class LeNet5(nnx.Module):
                 h = getattr(self, f"bn{i}")(h)
             h = nnx.relu(h)
             if spec.pool:
-                h = pool(h)
+                h = self._pool(h, patches=isinstance(layer, PatchConv))
         h = h.reshape(h.shape[0], -1)
         for i in range(1, len(cfg.hidden) + 1):
             if dropout_on:
