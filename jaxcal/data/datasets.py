@@ -1,4 +1,4 @@
-"""The study's datasets from three sources (tfds, local, synthetic), split train/val/test."""
+"""The study's datasets from tfds, local files, the embedded subset or synthetic, split 3 ways."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxcal.data import local, synthetic
+from jaxcal.data import embedded, local, synthetic
 from jaxcal.data.tfds_source import TfdsReader
 from jaxcal.data.transforms import resize_uint8
 
-SOURCES = ("tfds", "local", "synthetic")
+SOURCES = ("tfds", "local", "embedded", "synthetic")
 CIFAR10_CLASSES = (
     "airplane",
     "automobile",
@@ -58,9 +58,10 @@ class DatasetSplits:
         train, val, test: the splits (val is drawn from the official training data; test is
             the official test data, or a fixed held-out part when there is none).
         class_names: name of each label, label i -> class_names[i].
-        source: "tfds", "local" or "synthetic".
+        source: "tfds", "local", "embedded" or "synthetic".
         description: human-readable origin, e.g. "CIFAR-10 bird vs cat from ./data (local
-            torchvision layout)" or one that says "synthetic (generated, not real images)".
+            torchvision layout)", one that says "a small real subset shipped with jaxcal" with
+            the split sizes, or one that says "synthetic (generated, not real images)".
 
     Compared and hashed by identity (it holds arrays).
     """
@@ -203,10 +204,16 @@ def _finish(
     description: str,
 ) -> DatasetSplits:
     train, val = train_val_split(_limit(pool, max_train), val_fraction, seed)
+    test = _limit(test, max_test)
+    if source == "embedded":
+        description += (
+            f"; {train.num_examples:,} train / {val.num_examples:,} val / "
+            f"{test.num_examples:,} test"
+        )
     return DatasetSplits(
         train=train,
         val=val,
-        test=_limit(test, max_test),
+        test=test,
         class_names=tuple(class_names),
         source=source,
         description=description,
@@ -239,6 +246,20 @@ def _cifar_subset(
         )
         train_origin = test_origin = None
         description = f"CIFAR-10-shaped {title}, {synthetic.SYNTHETIC_NOTE}, data_seed {data_seed}"
+    elif source == "embedded":
+        missing = [CIFAR10_CLASSES[c] for c in classes if c not in embedded.CIFAR10_CLASSES]
+        if missing:
+            raise ValueError(
+                f"the embedded subset holds CIFAR-10 bird, cat and dog only, not {missing}: use "
+                "source 'tfds' or 'local' for these classes"
+            )
+        train_raw, test_raw = embedded.read_cifar10(train=True), embedded.read_cifar10(train=False)
+        train_origin = test_origin = f"the embedded subset ({embedded.FILE_NAME})"
+        count = sum(int(np.isin(raw[1], classes).sum()) for raw in (train_raw, test_raw))
+        description = (
+            f"CIFAR-10 {title}: {count:,} real images shipped with jaxcal ({embedded.NOTE}: "
+            "every such image among the first 1,017 of each official batch)"
+        )
     elif source == "local":
         root = _local_dir(data_dir)
         train_raw = local.read_cifar10(root, train=True)
@@ -282,10 +303,11 @@ def load_birdcat(
     """CIFAR-10 bird (class 2) vs cat (class 3), relabelled bird = 0, cat = 1: the main study.
 
     Args:
-        source: "tfds" (tensorflow_datasets), "local" (torchvision's files under data_dir) or
-            "synthetic" (generated, not real images; offline).
+        source: "tfds" (tensorflow_datasets), "local" (torchvision's files under data_dir),
+            "embedded" (the small real subset shipped in the package: 983 train+val and 204
+            test images; offline) or "synthetic" (generated, not real images; offline).
         data_dir: TFDS data dir (None: tfds's default) or torchvision's root for "local"
-            (None: ./data, as in the originals); ignored by "synthetic".
+            (None: ./data, as in the originals); ignored by "embedded" and "synthetic".
         val_fraction: fraction of the training data held out for validation (the originals:
             80/20), by a permutation seeded with `seed` (see split_indices).
         seed: seed of the train/validation split.
@@ -296,7 +318,9 @@ def load_birdcat(
         max_test: keep only the first max_test test images.
 
     Returns:
-        DatasetSplits with 32 x 32 x 3 images (real: 10,000 train+val, 2,000 test).
+        DatasetSplits with 32 x 32 x 3 images (real: 10,000 train+val, 2,000 test; embedded:
+        983 train+val, 204 test, the bird/cat images among the first 1,017 of each official
+        batch, so the same split as "local" on those files for the same seed).
 
     Raises:
         ValueError: bad arguments, or data files that are corrupt or lack a class.
@@ -329,7 +353,8 @@ def load_catdog(
 ) -> DatasetSplits:
     """CIFAR-10 cat (class 3) vs dog (class 5), relabelled cat = 0, dog = 1.
 
-    A small real stand-in for cats vs dogs; arguments as load_birdcat.
+    A small real stand-in for cats vs dogs; arguments as load_birdcat ("embedded": 968
+    train+val and 191 test images).
     """
     return _cifar_subset(
         "cat vs dog",
@@ -355,7 +380,8 @@ def load_cifar10(
     max_train: int | None = None,
     max_test: int | None = None,
 ) -> DatasetSplits:
-    """All ten CIFAR-10 classes (labels 0..9); arguments as load_birdcat."""
+    """All ten CIFAR-10 classes (labels 0..9); arguments as load_birdcat ("embedded" has
+    only bird, cat and dog, and raises ValueError)."""
     return _cifar_subset(
         "10 classes",
         tuple(range(10)),
@@ -390,7 +416,9 @@ def load_mnist(
         Others: as load_birdcat (data_dir for "local": torchvision's root holding MNIST/raw/).
 
     Returns:
-        DatasetSplits (real: 60,000 train+val, 10,000 test).
+        DatasetSplits (real: 60,000 train+val, 10,000 test; embedded: the first 8,000 official
+        training and the first 2,000 test images, the split of "local" with max_train=8000
+        and max_test=2000 for the same seed).
     """
     if not isinstance(pad_to_32, bool):
         raise ValueError(f"pad_to_32 must be a bool, got {pad_to_32!r}")
@@ -403,6 +431,14 @@ def load_mnist(
         )
         train_origin = test_origin = None
         description = f"MNIST-shaped digits, {synthetic.SYNTHETIC_NOTE}, data_seed {data_seed}"
+    elif source == "embedded":
+        train_raw, test_raw = embedded.read_mnist(train=True), embedded.read_mnist(train=False)
+        train_origin = test_origin = f"the embedded subset ({embedded.FILE_NAME})"
+        description = (
+            f"MNIST: {len(train_raw[1]) + len(test_raw[1]):,} real images shipped with jaxcal "
+            f"({embedded.NOTE}: the first {len(train_raw[1]):,} official training and first "
+            f"{len(test_raw[1]):,} test images)"
+        )
     elif source == "local":
         root = _local_dir(data_dir)
         train_raw = local.read_mnist(root, train=True)
@@ -455,8 +491,8 @@ def load_cats_vs_dogs(
       order) is the test set, whatever the seed; validation comes from the rest. At 224 the
       full set takes about 3.5 GB; use max_train, or a smaller image_size and resize on device
       (make_preprocess(resize_to=224)).
-    - "local": the CIFAR-10 cat vs dog stand-in (load_catdog), resized to image_size
-      (None keeps 32 x 32).
+    - "local" and "embedded": the CIFAR-10 cat vs dog stand-in (load_catdog), resized to
+      image_size (None keeps 32 x 32).
     - "synthetic": synthetic cats and dogs rendered at 32 x 32 and resized to image_size.
 
     Other arguments as load_birdcat; test_fraction is used by "tfds" only.
@@ -467,7 +503,7 @@ def load_cats_vs_dogs(
     _check_common(source, val_fraction, seed, data_seed, max_train, max_test, 2)
     if source != "tfds":
         return _cifar_subset(
-            "cat vs dog" + (" (stand-in for cats vs dogs)" if source == "local" else ""),
+            "cat vs dog" + (" (stand-in for cats vs dogs)" if source != "synthetic" else ""),
             (3, 5),
             source,
             data_dir,
