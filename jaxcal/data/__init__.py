@@ -1,4 +1,4 @@
-"""Datasets (tfds, local torchvision files, synthetic), splits, preprocessing and augmentation."""
+"""Datasets from tfds, local files, the embedded subset or synthetic; splits, preprocessing."""
 
 from jaxcal.data.augment import AugmentConfig, augment_batch, eval_transform
 from jaxcal.data.datasets import (
