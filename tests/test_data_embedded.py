@@ -3,6 +3,7 @@
 import hashlib
 import importlib.util
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -129,10 +130,16 @@ def test_rebuild_from_source_files_reproduces_every_array(shared_data):
 
 @pytest.mark.slow
 def test_non_editable_install_ships_and_loads_the_file(tmp_path):
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    source, wheels, target = tmp_path / "source", tmp_path / "wheels", tmp_path / "site"
+    # A copy of the project, so that building leaves nothing in the checkout.
+    shutil.copytree(
+        REPO / "jaxcal", source / "jaxcal", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, REPO],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, source],
         check=True,
         cwd=tmp_path,
     )
