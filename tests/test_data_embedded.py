@@ -158,3 +158,11 @@ def test_non_editable_install_ships_and_loads_the_file(tmp_path):
         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
     ).stdout.split("\n")
     assert out[0].startswith(str(target)) and out[1] == "(291, 32, 32, 3)"
+
+
+def test_cats_vs_dogs_uses_the_cifar_cat_dog_stand_in():
+    stand_in = data.load_cats_vs_dogs("embedded", image_size=None, seed=2)
+    _assert_splits_equal(stand_in, data.load_catdog("embedded", seed=2))
+    assert stand_in.class_names == ("cat", "dog")
+    assert "cat vs dog (stand-in for cats vs dogs): 1,159 real images" in stand_in.description
+    assert stand_in.description.endswith("774 train / 194 val / 191 test")
