@@ -18,9 +18,11 @@ import numpy as np
 from jaxcal.data.transforms import resize_uint8
 
 ALTERNATIVES = (
-    "Alternatives: read the files torchvision keeps in ./data with `--data local --data-dir DIR` "
-    "(source='local', data_dir=DIR; DIR holds cifar-10-batches-py/ or MNIST/raw/), or run "
-    "offline on generated images with `--data synthetic` (source='synthetic'; not real images)."
+    "Alternatives: the small real subset shipped with jaxcal with `--data embedded` "
+    "(source='embedded'; bird/cat, cat/dog and MNIST, offline), the files torchvision keeps in "
+    "./data with `--data local --data-dir DIR` (source='local', data_dir=DIR; DIR holds "
+    "cifar-10-batches-py/ or MNIST/raw/), or generated images with `--data synthetic` "
+    "(source='synthetic'; not real images)."
 )
 # A file each dataset's TFDS builder downloads; probed with a short HEAD request before
 # downloading, because tfds itself retries for minutes when offline.
