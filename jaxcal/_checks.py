@@ -16,7 +16,19 @@ __all__ = [
     "check_option",
     "check_positive_int",
     "check_positive_ints",
+    "is_int",
+    "is_positive_int",
 ]
+
+
+def is_int(value: Any) -> bool:
+    """Whether `value` is a Python or numpy integer (bools are not)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_positive_int(value: Any) -> bool:
+    """Whether `value` is an integer >= 1 (bools are not)."""
+    return is_int(value) and value >= 1
 
 
 def check_int(name: str, value: Any, *, minimum: int | None = 1) -> int:
@@ -27,7 +39,7 @@ def check_int(name: str, value: Any, *, minimum: int | None = 1) -> int:
       value: the value to check (bools are refused).
       minimum: the smallest allowed value; None for no bound.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
@@ -39,7 +51,7 @@ def check_positive_ints(name: str, values: Any, *, allow_empty: bool) -> tuple[i
     values = tuple(values)
     if not allow_empty and not values:
         raise ValueError(f"{name} must not be empty")
-    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values):
+    if not all(is_positive_int(v) for v in values):
         raise ValueError(f"{name} must hold positive ints, got {values!r}")
     return values
 

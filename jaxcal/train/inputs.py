@@ -57,6 +57,8 @@ def output_width(
     states: tuple[Any, ...],
     inputs: Any,
     preprocess: Preprocess | None,
+    *,
+    method: str = "__call__",
 ) -> int:
     """K of the model's logits [B, K] on `inputs` [N, ...], found by tracing (nothing runs).
 
@@ -65,7 +67,8 @@ def output_width(
     """
 
     def forward(states, batch):
-        return eval_view(nnx.merge(graphdef, *states))(to_float(batch, None, preprocess))
+        model = eval_view(nnx.merge(graphdef, *states))
+        return getattr(model, method)(to_float(batch, None, preprocess))
 
     like = jax.ShapeDtypeStruct((2, *inputs.shape[1:]), inputs.dtype)
     try:

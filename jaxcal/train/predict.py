@@ -55,11 +55,16 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _logits(
-    graphdef: nnx.GraphDef, preprocess: Preprocess | None, state: Any, inputs: jax.Array
+    graphdef: nnx.GraphDef,
+    preprocess: Preprocess | None,
+    method: str,
+    state: Any,
+    inputs: jax.Array,
 ) -> jax.Array:
-    return eval_view(nnx.merge(graphdef, state))(to_float(inputs, None, preprocess))
+    model = eval_view(nnx.merge(graphdef, state))
+    return getattr(model, method)(to_float(inputs, None, preprocess))
 
 
 def predict_logits(
@@ -69,6 +74,7 @@ def predict_logits(
     batch_size: int = 256,
     preprocess: Preprocess | None = None,
     devices: Sequence[jax.Device] | None = None,
+    method: str = "__call__",
 ) -> jax.Array:
     """The model's logits in eval mode (running BatchNorm statistics, no dropout).
 
@@ -84,12 +90,15 @@ def predict_logits(
       preprocess: optional `preprocess(inputs, None) -> float32`; without it the inputs are
         only cast to float32.
       devices: default `jax.devices()`.
+      method: the model's method to run, e.g. "backbone" for a ResNet18's pooled features.
 
     Returns:
       float32 [N] for a single-logit model, [N, K] otherwise.
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model must be an nnx.Module, got {type(model)}")
+    if not callable(getattr(model, method, None)):
+        raise ValueError(f"method must name a method of the model, got {method!r}")
     if not hasattr(inputs, "shape") or len(inputs.shape) < 1 or inputs.shape[0] == 0:
         raise ValueError(
             f"inputs must be a non-empty array [N, ...], got shape {getattr(inputs, 'shape', None)}"
@@ -100,11 +109,11 @@ def predict_logits(
     batch_size = round_up(min(batch_size, inputs.shape[0]), mesh.devices.size)
     batch_sharding = NamedSharding(mesh, P("data"))
     graphdef, state = nnx.split(model)
-    output_width("predict_logits", graphdef, (state,), inputs, preprocess)
+    output_width("predict_logits", graphdef, (state,), inputs, preprocess, method=method)
     state = jax.device_put(nnx.to_pure_dict(state), NamedSharding(mesh, P()))
     index, _ = padded_batches(int(inputs.shape[0]), batch_size)
     outputs = [
-        _logits(graphdef, preprocess, state, jax.device_put(inputs[rows], batch_sharding))
+        _logits(graphdef, preprocess, method, state, jax.device_put(inputs[rows], batch_sharding))
         for rows in index
     ]
     logits = jnp.concatenate(outputs)[: inputs.shape[0]]
