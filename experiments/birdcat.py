@@ -87,21 +87,8 @@ def train_lenet(recipe: BirdCatRecipe, splits: data.DatasetSplits, fit_options) 
     preset = "birdcat" if recipe.model == "lenet5" else "lenet5_bn"
     model = models.LeNet5(models.LeNetConfig.preset(preset), rngs=nnx.Rngs(recipe.seed))
     preprocess = data.make_preprocess(*data.CIFAR_MEAN_STD)
-    config = train_config(recipe)
-    history = train.fit(
-        model,
-        (splits.train.images, splits.train.labels),
-        (splits.val.images, splits.val.labels),
-        config,
-        preprocess=preprocess,
-        **fit_options,
-    )
-    return pipeline.Trained(
-        model,
-        history,
-        config,
-        lambda images: train.predict_logits(model, images, preprocess=preprocess),
-        models.parameter_count(model),
+    return pipeline.fit_on_splits(
+        model, splits, train_config(recipe), fit_options, preprocess=preprocess
     )
 
 

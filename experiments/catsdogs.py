@@ -105,20 +105,16 @@ def train_resnet(recipe: CatsDogsRecipe, splits: data.DatasetSplits, fit_options
         seed=recipe.seed,
         eval_batch_size=64,
     )
-    history = train.fit(
+    return pipeline.fit_on_splits(
         model,
-        (splits.train.images, splits.train.labels),
-        (splits.val.images, splits.val.labels),
+        splits,
         config,
+        fit_options,
         preprocess=preprocess,
-        **fit_options,
-    )
-    return pipeline.Trained(
-        model,
-        history,
-        config,
-        lambda images: train.predict_logits(model, images, batch_size=64, preprocess=preprocess),
-        sum(models.parameter_count(getattr(model, name)) for name in config.trainable),
+        batch_size=64,
+        trained_parameters=sum(
+            models.parameter_count(getattr(model, name)) for name in config.trainable
+        ),
     )
 
 

@@ -115,21 +115,8 @@ def train_model(recipe: MnistRecipe, name: str, splits, fit_options) -> pipeline
         learning_rate=notebook.learning_rate,
         seed=recipe.seed,
     )
-    preprocess = preprocess_of(name)
-    history = train.fit(
-        model,
-        (splits.train.images, splits.train.labels),
-        (splits.val.images, splits.val.labels),
-        config,
-        preprocess=preprocess,
-        **fit_options,
-    )
-    return pipeline.Trained(
-        model,
-        history,
-        config,
-        lambda images: train.predict_logits(model, images, preprocess=preprocess),
-        models.parameter_count(model),
+    return pipeline.fit_on_splits(
+        model, splits, config, fit_options, preprocess=preprocess_of(name)
     )
 
 

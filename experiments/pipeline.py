@@ -14,7 +14,7 @@ import jax
 from flax import nnx
 
 from experiments.cli import Recipe
-from jaxcal import data, plotting, study, train
+from jaxcal import data, models, plotting, study, train
 
 # Steps in the running mean of the training loss curve, as in the originals.
 LOSS_WINDOW = 60
@@ -93,6 +93,41 @@ class Report:
     sections: Sequence[tuple[str, str]]
     figures: Mapping[str, str]
     console: str
+
+
+def fit_on_splits(
+    model: nnx.Module,
+    splits: data.DatasetSplits,
+    config: train.TrainConfig,
+    fit_options: Mapping[str, Any],
+    *,
+    preprocess: data.Preprocess,
+    batch_size: int = 256,
+    trained_parameters: int | None = None,
+) -> Trained:
+    """Trains `model` on the train split, validating on the val split, and wraps it with its
+    eval-mode predictor (`batch_size` images per call).
+
+    Args:
+      trained_parameters: how many parameters train; default all of the model's.
+    """
+    history = train.fit(
+        model,
+        (splits.train.images, splits.train.labels),
+        (splits.val.images, splits.val.labels),
+        config,
+        preprocess=preprocess,
+        **fit_options,
+    )
+    return Trained(
+        model,
+        history,
+        config,
+        lambda images: train.predict_logits(
+            model, images, batch_size=batch_size, preprocess=preprocess
+        ),
+        models.parameter_count(model) if trained_parameters is None else trained_parameters,
+    )
 
 
 BuildAndTrain = Callable[[str | None, data.DatasetSplits, dict[str, Any]], Trained]

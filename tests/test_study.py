@@ -235,7 +235,9 @@ def test_metrics_equal_numpy(binary_study, binary_data):
     # Accuracy does not depend on T > 0: the study's single value holds before and after.
     assert t["accuracy"] == pytest.approx(numpy_accuracy(test_logits, test_labels), abs=1e-7)
     assert t["accuracy"] == pytest.approx(numpy_accuracy(scaled, test_labels), abs=1e-7)
-    np.testing.assert_allclose(np.asarray(binary_study.temperature.sweep.accuracy), t["accuracy"], atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(binary_study.temperature.sweep.accuracy), t["accuracy"], atol=1e-7
+    )
 
 
 def test_reliability_bins_before_after(binary_study, binary_data):
@@ -249,9 +251,9 @@ def test_reliability_bins_before_after(binary_study, binary_data):
         binary_study.temperature.test.bins, calibration.reliability_bins(scaled, test_labels, **kw)
     )
     t = binary_study.to_json()["test"]
-    assert float(calibration.calibration_error(binary_study.temperature.test.bins)) == pytest.approx(
-        t["ece_after"], abs=F32_ATOL
-    )
+    assert float(
+        calibration.calibration_error(binary_study.temperature.test.bins)
+    ) == pytest.approx(t["ece_after"], abs=F32_ATOL)
 
 
 def test_sweep_indices_and_values(binary_study):
@@ -265,7 +267,11 @@ def test_sweep_indices_and_values(binary_study):
     assert len(temperatures) == CONFIG.num_temperatures + 2
     assert temperatures[binary_study.temperature.initial_index] == 1.0
     assert temperatures[binary_study.temperature.fitted_index] == np.float32(m["temperature"])
-    t, i, f = m["test"], binary_study.temperature.initial_index, binary_study.temperature.fitted_index
+    t, i, f = (
+        m["test"],
+        binary_study.temperature.initial_index,
+        binary_study.temperature.fitted_index,
+    )
     assert float(sweep.ece[f]) == pytest.approx(t["ece_after"], abs=F32_ATOL)
     assert float(sweep.ece[i]) == pytest.approx(t["ece_before"], abs=F32_ATOL)
     assert float(sweep.nll[f]) == pytest.approx(t["nll_after"], abs=F32_ATOL)
@@ -277,10 +283,14 @@ def test_sweep_indices_and_values(binary_study):
 def test_effect_scales_and_bins(binary_study, binary_data):
     _, _, test_logits, test_labels = binary_data
     temperature = binary_study.to_json()["temperature"]
-    assert binary_study.temperature.effect_scales == pytest.approx((0.5, 1.0 / temperature, 1.5), rel=1e-12)
+    assert binary_study.temperature.effect_scales == pytest.approx(
+        (0.5, 1.0 / temperature, 1.5), rel=1e-12
+    )
     assert len(binary_study.temperature.effect_bins) == 3
     kw = {"num_bins": NUM_BINS, "binary": "positive"}
-    for scale, bins in zip(binary_study.temperature.effect_scales, binary_study.temperature.effect_bins, strict=True):
+    for scale, bins in zip(
+        binary_study.temperature.effect_scales, binary_study.temperature.effect_bins, strict=True
+    ):
         assert_bins_equal(
             bins, calibration.reliability_bins(test_logits * scale, test_labels, **kw)
         )
