@@ -1,6 +1,6 @@
 """CIFAR-10 birds vs cats: train a classifier, then measure and fix its calibration.
 
-    python -m experiments.birdcat --data synthetic --quick --out runs/birdcat   # offline, ~1 min
+    python -m experiments.birdcat --quick --out runs/birdcat   # embedded real images, offline
     python -m experiments.birdcat --data local --data-dir ../shared/data --out runs/birdcat
     python -m experiments.birdcat --model resnet18 --weights resnet18.npz --out runs/resnet
 

@@ -1,6 +1,6 @@
 """Cats vs dogs with a pretrained ResNet18 (transfer learning), and its calibration.
 
-    python -m experiments.catsdogs --weights resnet18.npz --out runs/catsdogs     # TFDS (Colab)
+    python -m experiments.catsdogs --data tfds --weights resnet18.npz --out runs/catsdogs  # Colab
     python -m experiments.catsdogs --data local --data-dir ../shared/data --weights resnet18.npz
     python -m experiments.catsdogs --data synthetic --quick --weights random --out runs/smoke
 

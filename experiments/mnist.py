@@ -1,8 +1,8 @@
 """MNIST digits with the MLP, the CNN and the classic LeNet-5, and their multiclass calibration.
 
-    python -m experiments.mnist --data synthetic --quick --out runs/mnist      # offline, ~2 min
+    python -m experiments.mnist --quick --out runs/mnist       # embedded real digits, offline
     python -m experiments.mnist --data local --data-dir ../shared/data --out runs/mnist
-    python -m experiments.mnist --model lenet5_classic --out runs/mnist         # TFDS (Colab)
+    python -m experiments.mnist --data tfds --model lenet5_classic --out runs/mnist  # Colab
 
 Reproduces the two MNIST notebooks: the MLP 784-512-512-10 (SGD 0.01, 10 epochs, batch 64),
 the CNN (conv 6@5x5 pad 2 -> max-pool -> conv 16@5x5 -> max-pool -> 120 -> 84 -> 10, SGD

@@ -170,7 +170,7 @@ def test_help_lists_the_options(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for option in (
-        "--data {tfds,local,synthetic}",
+        "--data {tfds,local,embedded,synthetic}",
         "--data-dir",
         "--model {lenet5,lenet5_bn,resnet18}",
         "--weights",

@@ -137,7 +137,16 @@ def test_help_lists_the_options(capsys):
 def test_tfds_offline_fails_fast_naming_the_alternatives(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         catsdogs.main(
-            ["--weights", "random", "--data-dir", str(tmp_path / "tfds"), "--out", str(tmp_path)]
+            [
+                "--weights",
+                "random",
+                "--data",
+                "tfds",
+                "--data-dir",
+                str(tmp_path / "tfds"),
+                "--out",
+                str(tmp_path),
+            ]
         )
     message = str(exit_info.value.code)
     assert "--data local" in message and "--data synthetic" in message

@@ -166,3 +166,17 @@ def test_cats_vs_dogs_uses_the_cifar_cat_dog_stand_in():
     assert stand_in.class_names == ("cat", "dog")
     assert "cat vs dog (stand-in for cats vs dogs): 1,159 real images" in stand_in.description
     assert stand_in.description.endswith("774 train / 194 val / 191 test")
+
+
+def test_experiments_default_to_the_embedded_subset(tmp_path, capsys):
+    from experiments import birdcat, mnist
+
+    args, _ = birdcat.parse_args(["--out", str(tmp_path)])
+    assert args.data == "embedded"
+    args, _ = mnist.parse_args(["--out", str(tmp_path)])
+    assert args.data == "embedded"
+    with pytest.raises(SystemExit):
+        birdcat.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: embedded, never a download" in text
+    assert "983 train+val / 204 test" in text

@@ -124,7 +124,9 @@ def test_bad_options_exit_2_naming_the_option(argv, named, tmp_path, capsys):
 def test_tfds_offline_fails_fast_naming_the_alternatives(tmp_path):
     started = time.perf_counter()
     with pytest.raises(SystemExit) as exit_info:
-        mnist.main(["--data-dir", str(tmp_path / "tfds"), "--out", str(tmp_path / "out")])
+        mnist.main(
+            ["--data", "tfds", "--data-dir", str(tmp_path / "tfds"), "--out", str(tmp_path / "out")]
+        )
     assert time.perf_counter() - started < 30
     message = str(exit_info.value.code)
     assert "--data local" in message and "--data synthetic" in message
