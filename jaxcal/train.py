@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
@@ -909,7 +910,8 @@ def predict_logits(
       devices: default `jax.devices()`.
 
     Returns:
-      float32 [N] for a single-logit model, [N, K] otherwise.
+      float32 [N] for a single-logit model, [N, K] otherwise. When `devices` span several
+      processes, every process gets all N rows, on its own devices.
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model must be an nnx.Module, got {type(model)}")
@@ -933,6 +935,8 @@ def predict_logits(
         batch = jax.device_put(images[index], batch_sharding)
         outputs.append(_logits(graphdef, preprocess, state, batch))
     logits = jnp.concatenate(outputs)[:num]
+    if not logits.is_fully_addressable:  # several processes: each gets every image's logits
+        logits = jnp.asarray(multihost_utils.process_allgather(logits, tiled=True))
     if logits.ndim != 2:
         raise ValueError(f"the model must return logits [B, K]; it returned {logits.shape[1:]}")
     return logits[:, 0] if logits.shape[1] == 1 else logits

@@ -1,0 +1,88 @@
+"""One process of the multi-process training run that tests/test_multiprocess.py starts.
+
+Usage: python multiprocess_worker.py CHECKPOINTS OUT [--coordinator HOST:PORT --num-processes N
+--process-id I]
+
+With --coordinator, the process joins a run of N processes with `jax.distributed.initialize`
+(CPU collectives over gloo); without it, it runs alone. Each process sees the CPU devices that
+XLA_FLAGS gives it, and `fit` builds its mesh over the devices of every process. The run trains
+LeNet-5 (bird/cat preset) for one epoch on a small synthetic bird/cat set with checkpoints in
+CHECKPOINTS (one folder shared by every process), resumes it for a second epoch from those
+checkpoints into a fresh model, reads the second epoch's parameters back with `restore_model`,
+and computes the test logits with `predict_logits`. It writes to OUT (.npz): the process and
+device counts, both histories, the parameters after each epoch, the restored parameters and
+the test logits.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import jax
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from jaxcal import checkpoint, data, models, train  # noqa: E402
+
+# 320 images: 256 train (8 steps of 32 per epoch) and 64 validation.
+SPLITS_ARGS = {"max_train": 320, "max_test": 48}
+CONFIG = train.TrainConfig(epochs=1, batch_size=32, eval_batch_size=32)
+PREPROCESS = data.make_preprocess(*data.CIFAR_MEAN_STD)
+
+
+def fresh_model() -> models.LeNet5:
+    """The bird/cat LeNet-5 with the same initialisation in every process."""
+    return models.LeNet5(models.LeNetConfig.birdcat(), rngs=nnx.Rngs(0))
+
+
+def model_arrays(model: nnx.Module, prefix: str) -> dict[str, np.ndarray]:
+    """The model's parameters as numpy arrays keyed by `prefix/path`."""
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    return {"/".join((prefix, *map(str, path))): np.asarray(v.get_value()) for path, v in flat}
+
+
+def run(directory: str) -> dict[str, object]:
+    """Trains, resumes and predicts as the module docstring says; returns what OUT holds."""
+    splits = data.load_birdcat("synthetic", **SPLITS_ARGS)
+    train_data = (splits.train.images, splits.train.labels)
+    val_data = (splits.val.images, splits.val.labels)
+    fit_args = {"preprocess": PREPROCESS, "checkpoint_dir": directory, "progress": False}
+    model = fresh_model()
+    first = train.fit(model, train_data, val_data, CONFIG, **fit_args)
+    out = model_arrays(model, "epoch1")
+    resumed = fresh_model()
+    second_config = dataclasses.replace(CONFIG, epochs=2)
+    second = train.fit(resumed, train_data, val_data, second_config, resume=True, **fit_args)
+    out |= model_arrays(resumed, "epoch2")
+    out |= model_arrays(checkpoint.restore_model(fresh_model(), directory, epoch=2), "restored")
+    logits = train.predict_logits(resumed, splits.test.images, preprocess=PREPROCESS)
+    out["logits"] = np.asarray(logits)
+    out["history"] = json.dumps({"first": first.to_dict(), "second": second.to_dict()})
+    out["counts"] = np.array([jax.process_count(), jax.device_count(), jax.local_device_count()])
+    return out
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoints")
+    parser.add_argument("out")
+    parser.add_argument("--coordinator")
+    parser.add_argument("--num-processes", type=int, default=1)
+    parser.add_argument("--process-id", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.coordinator is not None:
+        jax.distributed.initialize(
+            args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+            initialization_timeout=60,
+        )
+    np.savez(args.out, **run(args.checkpoints))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
