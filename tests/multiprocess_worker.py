@@ -1,22 +1,28 @@
-"""One process of the multi-process training run that tests/test_multiprocess.py starts.
+"""One process of the multi-process runs that tests/test_multiprocess.py starts.
 
-Usage: python multiprocess_worker.py CHECKPOINTS OUT [--coordinator HOST:PORT --num-processes N
---process-id I]
+Usage: python multiprocess_worker.py [--coordinator HOST:PORT --num-processes N --process-id I]
+  train CHECKPOINTS OUT | birdcat WRITES -- OPTIONS...
 
 With --coordinator, the process joins a run of N processes with `jax.distributed.initialize`
 (CPU collectives over gloo); without it, it runs alone. Each process sees the CPU devices that
-XLA_FLAGS gives it, and `fit` builds its mesh over the devices of every process. The run trains
-LeNet-5 (bird/cat preset) for one epoch on a small synthetic bird/cat set with checkpoints in
-CHECKPOINTS (one folder shared by every process), resumes it for a second epoch from those
-checkpoints into a fresh model, reads the second epoch's parameters back with `restore_model`,
-and computes the test logits with `predict_logits`. It writes to OUT (.npz): the process and
-device counts, both histories, the parameters after each epoch, the restored parameters and
-the test logits.
+XLA_FLAGS gives it, and `fit` builds its mesh over the devices of every process.
+
+`train` trains LeNet-5 (bird/cat preset) for one epoch on a small synthetic bird/cat set with
+checkpoints in CHECKPOINTS (one folder shared by every process), resumes it for a second epoch
+from those checkpoints into a fresh model, reads the second epoch's parameters back with
+`restore_model`, and computes the test logits with `predict_logits`. It writes to OUT (.npz):
+the process and device counts, both histories, the parameters after each epoch, the restored
+parameters and the test logits.
+
+`birdcat` runs `python -m experiments.birdcat OPTIONS...` in this process and writes to WRITES
+(JSON) every file the process opened for writing, renamed or replaced, seen by Python's audit
+hooks (orbax writes checkpoints through tensorstore, which they do not see).
 """
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 import jax
@@ -66,13 +72,42 @@ def run(directory: str) -> dict[str, object]:
     return out
 
 
+class WriteRecorder:
+    """Records, through an audit hook, the paths this process writes from Python."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.active = True
+        sys.addaudithook(self._hook)
+
+    def _hook(self, event: str, args: tuple) -> None:
+        if not self.active:
+            return
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            mode, flags = args[1] or "", args[2] or 0
+            if set(mode) & set("wax+") or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                self.paths.append(os.path.abspath(os.fsdecode(args[0])))
+        elif event in ("os.rename", "os.replace"):
+            self.paths.append(os.path.abspath(os.fsdecode(args[1])))
+
+    def save(self, path: str) -> None:
+        self.active = False
+        with open(path, "w") as handle:
+            json.dump(self.paths, handle)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("checkpoints")
-    parser.add_argument("out")
     parser.add_argument("--coordinator")
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
+    modes = parser.add_subparsers(dest="mode", required=True)
+    train_mode = modes.add_parser("train")
+    train_mode.add_argument("checkpoints")
+    train_mode.add_argument("out")
+    birdcat_mode = modes.add_parser("birdcat")
+    birdcat_mode.add_argument("writes")
+    birdcat_mode.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.coordinator is not None:
         jax.distributed.initialize(
@@ -81,7 +116,15 @@ def main(argv: list[str]) -> None:
             process_id=args.process_id,
             initialization_timeout=60,
         )
-    np.savez(args.out, **run(args.checkpoints))
+    if args.mode == "train":
+        np.savez(args.out, **run(args.checkpoints))
+        return
+    from experiments import birdcat
+
+    recorder = WriteRecorder()
+    options = args.options[1:] if args.options[:1] == ["--"] else args.options
+    birdcat.main(options)
+    recorder.save(args.writes)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ import pytest
 
 WORKER = pathlib.Path(__file__).with_name("multiprocess_worker.py")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Each run must finish within this; a hung collective must fail the test, not stall CI.
-TIMEOUT_S = 240
+# Each run must finish within this (they take under a minute on 2 idle cores); a hung
+# collective must fail the test, not stall CI.
+TIMEOUT_S = 420
 TOLERANCE = 1e-5
 
 
@@ -31,6 +32,7 @@ def worker_env(num_devices: int) -> dict[str, str]:
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
     env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={num_devices}"])
     env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONUNBUFFERED"] = "1"  # a killed worker still shows what it printed
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
@@ -90,15 +92,17 @@ def runs(tmp_path_factory):
         f"process{i}": (
             [
                 *worker,
-                str(tmp / "shared"),
-                str(tmp / f"process{i}.npz"),
                 *("--coordinator", address, "--num-processes", "2", "--process-id", str(i)),
+                *("train", str(tmp / "shared"), str(tmp / f"process{i}.npz")),
             ],
             worker_env(2),
         )
         for i in range(2)
     }
-    commands["single"] = ([*worker, str(tmp / "single"), str(tmp / "single.npz")], worker_env(4))
+    commands["single"] = (
+        [*worker, "train", str(tmp / "single"), str(tmp / "single.npz")],
+        worker_env(4),
+    )
     run_processes(commands, tmp / "logs")
     results = {name: load(tmp / f"{name}.npz") for name in commands}
     results["shared"] = tmp / "shared"
@@ -160,3 +164,50 @@ def test_the_processes_share_one_checkpoint_per_epoch(runs):
         restored, trained = arrays(runs[name], "restored"), arrays(runs[name], "epoch2")
         for key, value in restored.items():
             np.testing.assert_array_equal(value, trained[key.replace("restored", "epoch2", 1)])
+
+
+# A tiny bird/cat run: one epoch on 256 synthetic training images, the quick study.
+BIRDCAT_OPTIONS = (
+    *("--data", "synthetic", "--quick", "--max-train", "320", "--max-test", "64"),
+    *("--epochs", "1", "--batch-size", "32", "--no-progress"),
+)
+
+
+def written_outside_checkpoints(writes: pathlib.Path, out: pathlib.Path) -> set[str]:
+    """The files under `out`, but not under its checkpoints, that a worker wrote."""
+    out = out.resolve()
+    paths = {pathlib.Path(p).resolve() for p in json.loads(writes.read_text())}
+    return {
+        str(p.relative_to(out))
+        for p in paths
+        if p.is_relative_to(out) and not p.is_relative_to(out / "checkpoints")
+    }
+
+
+@pytest.mark.slow
+def test_only_process_0_writes_the_experiment_report(tmp_path):
+    out = tmp_path / "birdcat"
+    address = f"127.0.0.1:{free_port()}"
+    commands = {
+        f"process{i}": (
+            [
+                *(sys.executable, str(WORKER)),
+                *("--coordinator", address, "--num-processes", "2", "--process-id", str(i)),
+                *("birdcat", str(tmp_path / f"writes{i}.json"), "--", *BIRDCAT_OPTIONS),
+                *("--out", str(out)),
+            ],
+            worker_env(2),
+        )
+        for i in range(2)
+    }
+    run_processes(commands, tmp_path / "logs")
+    first = written_outside_checkpoints(tmp_path / "writes0.json", out)
+    assert {"report.md", "metrics.json", "loss_curves.png"} <= first
+    assert written_outside_checkpoints(tmp_path / "writes1.json", out) == set()
+    logs = [(tmp_path / "logs" / f"process{i}.log").read_text() for i in range(2)]
+    assert f"report: {out / 'report.md'}" in logs[0]
+    assert "report:" not in logs[1]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["epochs_run"] == 1
+    assert metrics["setup"]["devices"].startswith("4 x ")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["1"]
