@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from flax import nnx
 
-from experiments import cli, pipeline
+from experiments import cli, outdir, pipeline
 from jaxcal import data, models, plotting, study, train
 
 
@@ -67,7 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, BirdCatR
         cli.require_weights(parser, recipe.weights)
     elif recipe.weights is not None:
         parser.error("--weights goes with --model resnet18")
-    cli.check_out_dir(parser, args)
+    outdir.check_out(parser, args)
     return args, recipe
 
 
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         load=data.load_birdcat,
         batch_size=recipe.batch_size,
         build_and_train=lambda _, splits, fit_options: trainer(recipe, splits, fit_options),
-        describe=lambda splits, studied: describe(recipe, args.out, splits, studied),
+        describe=lambda out, splits, studied: describe(recipe, out, splits, studied),
     )
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from experiments import cli, pipeline
+from experiments import cli, outdir, pipeline
 from jaxcal import data, metrics, models, plotting, study, train
 
 
@@ -74,7 +74,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, CatsDogs
     args = parser.parse_args(argv)
     recipe = cli.recipe_from_args(recipe, args)
     cli.require_weights(parser, recipe.weights)
-    cli.check_out_dir(parser, args)
+    outdir.check_out(parser, args)
     return args, recipe
 
 
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         load=functools.partial(load, recipe),
         batch_size=recipe.batch_size,
         build_and_train=lambda _, splits, fit_options: train_resnet(recipe, splits, fit_options),
-        describe=lambda splits, studied: describe(recipe, args.out, splits, studied),
+        describe=lambda out, splits, studied: describe(recipe, out, splits, studied),
     )
 
 

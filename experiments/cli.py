@@ -108,7 +108,14 @@ def parser_for(prog: str, doc: str, recipe: Recipe, *, default_out: str) -> argp
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted run from the checkpoints in OUT/checkpoints",
+        help="continue the run in OUT from its checkpoints in OUT/checkpoints (refused when "
+        "its data or options differ; with no checkpoint there it says so and trains from "
+        "scratch)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs and checkpoints of a previous run in OUT",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_recipe_option(parser, recipe, "--epochs", positive_int, "training epochs")
@@ -198,13 +205,3 @@ def load_resnet18(weights: str, num_classes: int, *, seed: int) -> models.ResNet
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
         state_dict = state_dict.get("state_dict", state_dict)
     return models.resnet18_from_torchvision(state_dict, num_classes=num_classes, rngs=rngs)
-
-
-def check_out_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuses (exit code 2) an --out that holds a previous run's checkpoints, unless --resume."""
-    checkpoints = args.out / "checkpoints"
-    if checkpoints.exists() and any(checkpoints.iterdir()) and not args.resume:
-        parser.error(
-            f"{checkpoints} holds a previous run: pass --resume to continue it, or choose "
-            "another --out"
-        )

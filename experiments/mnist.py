@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from experiments import cli, pipeline
+from experiments import cli, outdir, pipeline
 from jaxcal import data, metrics, models, plotting, study, train
 
 MODELS = ("mlp", "cnn", "lenet5_classic")
@@ -86,7 +86,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, MnistRec
     )
     cli.add_recipe_option(parser, recipe, "--model", str, "model", choices=(*MODELS, "all"))
     args = parser.parse_args(argv)
-    cli.check_out_dir(parser, args)
+    outdir.check_out(parser, args)
     return args, cli.recipe_from_args(recipe, args)
 
 
@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         load=data.load_mnist,
         batch_size=max(recipe.batch_size_of(name) for name in recipe.names),
         build_and_train=lambda name, splits, options: train_model(recipe, name, splits, options),
-        describe=lambda splits, studied: describe(recipe, args.out, splits, studied),
+        describe=lambda out, splits, studied: describe(recipe, out, splits, studied),
         names=recipe.names,
     )
 

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import hashlib
+import pathlib
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 
+from experiments import outdir
 from experiments.cli import Recipe
-from jaxcal import data, models, plotting, study, train
+from jaxcal import checkpoint, data, models, plotting, study, train
 
 # Steps in the running mean of the training loss curve, as in the originals.
 LOSS_WINDOW = 60
@@ -131,7 +137,7 @@ def fit_on_splits(
 
 
 BuildAndTrain = Callable[[str | None, data.DatasetSplits, dict[str, Any]], Trained]
-Describe = Callable[[data.DatasetSplits, dict[str | None, Studied]], Report]
+Describe = Callable[[pathlib.Path, data.DatasetSplits, dict[str | None, Studied]], Report]
 
 
 def run(
@@ -146,6 +152,10 @@ def run(
 ) -> dict[str, Any]:
     """Runs one experiment from its parsed options; returns what metrics.json holds.
 
+    The run owns --out while it works (`outdir.own`); only process 0 writes figures and
+    reports, so several processes can run the same command (checkpoints are shared). Ctrl-C
+    says where the last checkpoint is and how to resume, and exits with code 130.
+
     Args:
       args: the parsed run options (--data, --data-dir, --out, --resume, --no-progress, ...).
       recipe: the experiment's recipe.
@@ -153,17 +163,42 @@ def run(
         loader (with the experiment's own arguments bound).
       batch_size: the largest training batch: the training split must hold one.
       build_and_train: `(name, splits, fit_options) -> Trained` builds a model and trains
-        it, passing `fit_options` (checkpoints, resume, progress) on to `train.fit`.
-      describe: `(splits, {name: Studied}) -> Report`: the experiment's own figures, tables,
-        metrics and summary line.
+        it, passing `fit_options` (checkpoints, resume, progress, run identity) on to
+        `train.fit`.
+      describe: `(out, splits, {name: Studied}) -> Report`: the experiment's own figures
+        (written into `out`), tables, metrics and summary line.
       names: the models to train, each into OUT/<name>; (None,) for one model in OUT.
     """
+    writer = outdir.writes_outputs()
+    with contextlib.ExitStack() as stack:
+        report_dir = args.out
+        if writer:
+            try:
+                stack.enter_context(
+                    outdir.own(args.out, overwrite=args.overwrite, command=" ".join(sys.argv))
+                )
+            except outdir.FolderInUseError as error:
+                sys.exit(f"error: {error}")
+        else:  # the same figures, written where nobody reads them
+            report_dir = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        try:
+            return _run(
+                args, recipe, report_dir, load, batch_size, build_and_train, describe, names
+            )
+        except KeyboardInterrupt:
+            _interrupted(args.out / "checkpoints")
+
+
+def _run(args, recipe, report_dir, load, batch_size, build_and_train, describe, names) -> dict:
+    """The pipeline of `run` inside the owned folder."""
     started = time.perf_counter()
     splits = load_splits(load, args, recipe, batch_size=batch_size)
+    identity = {"data": fingerprint(args.data, splits), "recipe": _recipe_identity(recipe)}
     studied = {
-        name: _train_and_study(name, splits, args, recipe, build_and_train) for name in names
+        name: _train_and_study(name, splits, args, recipe, build_and_train, identity, report_dir)
+        for name in names
     }
-    report = describe(splits, studied)
+    report = describe(report_dir, splits, studied)
     sizes = [len(split.labels) for split in (splits.train, splits.val, splits.test)]
     setup = {
         "data": splits.description,
@@ -175,27 +210,43 @@ def run(
     }
     metrics = {**report.metrics, "seconds": round(time.perf_counter() - started, 1)}
     path = study.write_outputs(
-        args.out,
+        report_dir,
         title=report.title,
         setup=setup,
         metrics=metrics,
         sections=report.sections,
         figures=report.figures,
     )
-    print(f"{report.console}\nreport: {path}")
+    if report_dir == args.out:
+        print(f"{report.console}\nreport: {path}")
     return metrics
 
 
-def _train_and_study(name, splits, args, recipe, build_and_train) -> Studied:
+def _train_and_study(name, splits, args, recipe, build_and_train, identity, report_dir) -> Studied:
     """Trains model `name`, predicts both held-out splits, runs the study, writes its figures."""
-    out = args.out if name is None else args.out / name
+    out = report_dir if name is None else report_dir / name
     checkpoints = args.out / "checkpoints"
+    checkpoints = checkpoints if name is None else checkpoints / name
+    if args.resume and not _saved_epochs(checkpoints):
+        print(
+            f"note: --resume: no checkpoint in {checkpoints}; training from scratch",
+            file=sys.stderr,
+        )
     fit_options = {
-        "checkpoint_dir": checkpoints if name is None else checkpoints / name,
+        "checkpoint_dir": checkpoints,
         "resume": args.resume,
         "progress": not args.no_progress,
+        "run_info": identity,
     }
-    trained = build_and_train(name, splits, fit_options)
+    try:
+        trained = build_and_train(name, splits, fit_options)
+    except (checkpoint.ResumeMismatchError, checkpoint.CheckpointMismatchError) as error:
+        lines = str(error).splitlines()
+        more = f" ({len(lines) - 1} more lines)" if len(lines) > 1 else ""
+        sys.exit(
+            f"error: --resume: {lines[0]}{more}; resume with the run's own options, or pass "
+            "--overwrite (or another --out) to start afresh"
+        )
     val_logits = trained.predict(splits.val.images)
     test_logits = trained.predict(splits.test.images)
     result = study.run_study(
@@ -205,6 +256,52 @@ def _train_and_study(name, splits, args, recipe, build_and_train) -> Studied:
     if name is not None:
         figures = {caption: f"{name}/{file}" for caption, file in figures.items()}
     return Studied(trained, test_logits, result, figures)
+
+
+# Recipe fields a resumed run may change: more epochs, or another study of the same model.
+RESUMABLE_RECIPE_FIELDS = ("epochs", "num_temperatures", "num_resamples")
+
+
+def _recipe_identity(recipe: Recipe) -> dict[str, Any]:
+    """The recipe fields that must match for a run to resume."""
+    fields = dataclasses.asdict(recipe)
+    return {k: v for k, v in fields.items() if k not in RESUMABLE_RECIPE_FIELDS}
+
+
+def fingerprint(source: str, splits: data.DatasetSplits) -> dict[str, Any]:
+    """What identifies a run's data: the source, the split sizes and a SHA-256 of the arrays."""
+    digest = hashlib.sha256()
+    for split in (splits.train, splits.val, splits.test):
+        for array in (split.images, split.labels):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    sizes = {name: len(getattr(splits, name).labels) for name in ("train", "val", "test")}
+    return {"source": source, "sizes": sizes, "sha256": digest.hexdigest()}
+
+
+def _saved_epochs(checkpoints: pathlib.Path) -> list[int]:
+    """The epochs with a complete checkpoint in `checkpoints` (orbax names them by number)."""
+    if not checkpoints.is_dir():
+        return []
+    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+
+
+def _interrupted(checkpoints: pathlib.Path) -> None:
+    """Says where the last checkpoint is and how to continue; exits with code 130."""
+    saved = sorted(
+        (epoch, folder)
+        for folder in [checkpoints, *sorted(p for p in checkpoints.glob("*") if p.is_dir())]
+        for epoch in _saved_epochs(folder)[-1:]
+    )
+    if saved:
+        where = ", ".join(f"{folder / str(epoch)} (epoch {epoch})" for epoch, folder in saved)
+        advice = (
+            f"interrupted; the last checkpoint is {where}: run the same command with --resume "
+            "to continue"
+        )
+    else:
+        advice = "interrupted before the first checkpoint: nothing to resume"
+    print(advice, file=sys.stderr)
+    raise SystemExit(130)
 
 
 def load_splits(

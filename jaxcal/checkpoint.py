@@ -24,6 +24,10 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model or training state it is restored into."""
 
 
+class ResumeMismatchError(ValueError):
+    """A run asked to resume differs from the run its checkpoints recorded."""
+
+
 def _entry_name(entry: Any) -> str:
     for attribute in ("key", "name", "idx"):
         if hasattr(entry, attribute):
@@ -285,26 +289,41 @@ class RunCheckpoints:
         return restored["opt_state"], restored["step"]
 
     def check_resumable(
-        self, meta: Mapping[str, Any], *, config: Mapping[str, Any], num_train: int
+        self,
+        meta: Mapping[str, Any],
+        *,
+        config: Mapping[str, Any],
+        num_train: int,
+        run_info: Mapping[str, Any] | None = None,
     ) -> None:
-        """Raises ValueError unless a run saved with `meta` may continue with `config`.
+        """Raises ResumeMismatchError unless a run saved with `meta` may continue as asked.
 
         Args:
           meta: the metadata of the checkpoint to resume (`meta(epoch)`).
           config: the new run's training config as JSON; only `RESUMABLE_CHANGES` may differ.
           num_train: the new run's number of training examples.
+          run_info: what else identifies the run (e.g. a data fingerprint); must equal the
+            saved one field by field.
         """
         saved = meta["config"]
-        differing = sorted(
-            k for k in config if k not in RESUMABLE_CHANGES and saved.get(k) != config[k]
-        )
+        differing = [
+            (k, saved.get(k), config[k])
+            for k in sorted(config)
+            if k not in RESUMABLE_CHANGES and saved.get(k) != config[k]
+        ]
         if differing:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in differing)
-            raise ValueError(f"cannot resume {self.directory} with a different config ({details})")
+            raise ResumeMismatchError(
+                f"cannot resume {self.directory} with a different config ({_listed(differing)})"
+            )
         if meta["num_train"] != num_train:
-            raise ValueError(
+            raise ResumeMismatchError(
                 f"cannot resume {self.directory}: it trained on {meta['num_train']} examples, "
                 f"this call passes {num_train}"
+            )
+        differing = _differences(meta.get("run") or {}, dict(run_info or {}))
+        if differing:
+            raise ResumeMismatchError(
+                f"cannot resume {self.directory}: the run differs ({_listed(differing)})"
             )
 
     def best_epoch(self) -> int | None:
@@ -313,6 +332,24 @@ class RunCheckpoints:
         if latest is None:
             return None
         return (self._manager.metrics(latest) or {}).get("best_epoch") or None
+
+
+def _differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = ""
+) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, current value) of every leaf that differs."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            out += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append((f"{prefix}{key}", old, new))
+    return out
+
+
+def _listed(differences: Sequence[tuple[str, Any, Any]]) -> str:
+    return ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differences)
 
 
 def restore_model(

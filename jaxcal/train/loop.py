@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -42,6 +43,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     devices: Sequence[jax.Device] | None = None,
+    run_info: Mapping[str, Any] | None = None,
 ) -> History:
     """Trains `model` in place and returns what was measured.
 
@@ -71,13 +73,17 @@ def fit(
         checkpoints is an error.
       progress: show a tqdm bar with per-epoch train loss, val loss and val accuracy.
       devices: the devices to train on; default `jax.devices()`.
+      run_info: JSON that identifies the run beyond `config` (e.g. a fingerprint of the
+        data), saved with every checkpoint; a resume whose `run_info` differs is refused.
 
     Returns:
       The History; with `checkpoint_dir` it includes the epochs run before a resume.
 
     Raises:
       ValueError: bad shapes or labels, a batch size the data or device count cannot supply,
-        early stopping without validation data, a resume whose configuration differs.
+        early stopping without validation data.
+      checkpoint.ResumeMismatchError: a resume whose configuration, data size or `run_info`
+        differs from the checkpoints'.
     """
     config = TrainConfig() if config is None else config
     data, val_data, mesh = _check_fit(
@@ -92,15 +98,15 @@ def fit(
         check_labels("val", val_data[1], width)
     state = jax.device_put(state, NamedSharding(mesh, P()))
     history = History(steps_per_epoch=int(data[0].shape[0]) // config.batch_size)
-    run = None
+    run, run_info = None, json.loads(json.dumps(dict(run_info or {})))
     try:
         start_epoch = 0
         if checkpoint_dir is not None:
             run = checkpoint.RunCheckpoints(checkpoint_dir, max_to_keep=config.max_to_keep)
             state, history, start_epoch = _start(
-                run, resume, graphdef, state, history, config, int(data[0].shape[0])
+                run, resume, graphdef, state, history, config, (int(data[0].shape[0]), run_info)
             )
-        loop = _EpochLoop(graphdef, config, preprocess, mesh, data, val_data, run)
+        loop = _EpochLoop(graphdef, config, preprocess, mesh, data, val_data, (run, run_info))
         state, best = loop.run_epochs(state, history, start_epoch, progress)
         if config.patience is not None and history.best_epoch not in (None, history.epochs_run):
             if best is not None:
@@ -142,7 +148,7 @@ def _check_fit(train, val, config, preprocess, checkpoint_dir, resume, devices):
     return (inputs, labels), val_data, mesh
 
 
-def _start(run, resume, graphdef, state, history, config, num_train):
+def _start(run, resume, graphdef, state, history, config, identity):
     """(state, history, first epoch) of a run: fresh, or its last checkpoint with `resume`."""
     latest = run.latest_epoch()
     if latest is None:
@@ -153,7 +159,8 @@ def _start(run, resume, graphdef, state, history, config, num_train):
             "resume=True to continue that run or choose another checkpoint_dir"
         )
     meta = run.meta(latest)
-    run.check_resumable(meta, config=config.to_json(), num_train=num_train)
+    num_train, run_info = identity
+    run.check_resumable(meta, config=config.to_json(), num_train=num_train, run_info=run_info)
     restored = _restore_model(run, latest, graphdef, state, config)
     opt_state, step = run.restore_train(latest, opt_state_like=state.opt_state)
     restored = dataclasses.replace(restored, opt_state=opt_state, step=step)
@@ -178,7 +185,8 @@ class _EpochLoop:
     """The compiled steps and the on-device data of one `fit` call, and its epoch loop."""
 
     def __init__(self, graphdef, config, preprocess, mesh: Mesh, data, val_data, run) -> None:
-        self.graphdef, self.config, self.run = graphdef, config, run
+        self.graphdef, self.config = graphdef, config
+        self.run, self.run_info = run
         replicated = NamedSharding(mesh, P())
         self.inputs, self.labels = jax.device_put(data, replicated)
         self.num_train = int(self.inputs.shape[0])
@@ -233,7 +241,8 @@ class _EpochLoop:
                     postfix["val_loss"] = f"{history.val_loss[-1]:.4f}"
                     postfix["val_acc"] = f"{history.val_accuracy[-1]:.4f}"
                 if self.run is not None:
-                    _save(self.run, self.graphdef, state, history, config, self.num_train)
+                    meta = {"num_train": self.num_train, "run": self.run_info}
+                    _save(self.run, self.graphdef, state, history, config, meta)
                 bar.set_postfix(postfix)
         finally:
             bar.close()
@@ -262,14 +271,15 @@ class _EpochLoop:
         return state, fetched
 
 
-def _save(run, graphdef, state: TrainState, history: History, config: TrainConfig, num_train):
-    """Checkpoints the epoch just completed: model state, optimiser state, history, config."""
+def _save(run, graphdef, state: TrainState, history: History, config: TrainConfig, meta):
+    """Checkpoints the epoch just completed: model state, optimiser state, history, config and
+    `meta` (the run's identity)."""
     model = nnx.merge(graphdef, state.params, state.rngs, state.rest)
     run.save(
         history.epochs_run,
         model_state=nnx.state(model, nnx.Not(nnx.RngState)),
         opt_state=state.opt_state,
         step=state.step,
-        meta={"history": history.to_dict(), "config": config.to_json(), "num_train": num_train},
+        meta={"history": history.to_dict(), "config": config.to_json(), **meta},
         best_epoch=history.best_epoch,
     )

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -93,7 +94,8 @@ def predict_logits(
       method: the model's method to run, e.g. "backbone" for a ResNet18's pooled features.
 
     Returns:
-      float32 [N] for a single-logit model, [N, K] otherwise.
+      float32 [N] for a single-logit model, [N, K] otherwise. When `devices` span several
+      processes, every process gets all N rows, on its own devices.
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model must be an nnx.Module, got {type(model)}")
@@ -117,6 +119,8 @@ def predict_logits(
         for rows in index
     ]
     logits = jnp.concatenate(outputs)[: inputs.shape[0]]
+    if not logits.is_fully_addressable:  # several processes: each gets every example's logits
+        logits = jnp.asarray(multihost_utils.process_allgather(logits, tiled=True))
     if logits.ndim != 2:
         raise ValueError(f"the model must return logits [B, K]; it returned {logits.shape[1:]}")
     return logits[:, 0] if logits.shape[1] == 1 else logits
