@@ -18,8 +18,8 @@ from jaxcal.models.weight_files import (
 _LAZY = {
     "densenet121_from_torchvision": "convert",
     "resnet18_from_torchvision": "convert",
-    "pretrained": "pretrained",
-    "PRETRAINED": "pretrained",
+    "pretrained": "hub",
+    "PRETRAINED": "hub",
 }
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # `convert` (and `pretrained`, which imports it) is imported on first use, not here, so that
+    # `convert` (and `hub`, which imports it) is imported on first use, not here, so that
     # `python -m jaxcal.models.convert` does not find it already imported (runpy warns about that).
     if name in _LAZY:
         import importlib

@@ -260,8 +260,8 @@ def _match_keys(
     if len(missing) == len(targets) and state_dict:
         first = ", ".join(repr(k) for k in list(state_dict)[:3])
         raise ValueError(
-            f"state_dict holds none of torchvision's {layout.name} keys (its {len(state_dict)} "
-            f"keys begin {first}; expected e.g. {layout.rules[0].torch!r})"
+            f"state_dict holds none of torchvision's {layout.name} keys ({len(state_dict)} keys, "
+            f"beginning {first}; expected e.g. {layout.rules[0].torch!r})"
         )
     problems = [
         f"{label} ({len(keys)}): {', '.join(keys)}"
