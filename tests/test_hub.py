@@ -27,6 +27,7 @@ from jaxcal.models import (
     WeightsUnavailableError,
     densenet121_from_torchvision,
     hub,
+    load_model,
     pretrained,
     resnet18_from_torchvision,
 )
@@ -185,3 +186,21 @@ def test_bad_arguments_and_a_damaged_cache(offline_hub, torchvision_resnet18_sta
     blob.write_bytes(blob.read_bytes()[:1000])  # truncated
     with pytest.raises(ValueError, match="is not a readable .safetensors file"):
         pretrained("resnet18")
+
+
+def test_load_model_resolves_every_kind_of_weights(
+    offline_hub, tmp_path, torchvision_resnet18_state_dict
+):
+    populate_hub_cache(offline_hub, "timm/resnet18.tv_in1k", torchvision_resnet18_state_dict)
+    save_file(torchvision_resnet18_state_dict, tmp_path / "r.safetensors")
+    from_hub = load_model("resnet18", "imagenet", 1, seed=3)
+    from_file = load_model("resnet18", tmp_path / "r.safetensors", 1, seed=3)
+    same = jax.tree.map(np.array_equal, nnx.state(from_hub), nnx.state(from_file))
+    assert all(jax.tree.leaves(same))
+    assert from_hub.fc.kernel.shape == (512, 1)
+    with pytest.raises(ValueError, match="name must be one of"):
+        load_model("vgg16", "random", 1)
+    with pytest.raises(ValueError, match="weights must be 'random', 'imagenet' or a file"):
+        load_model("densenet121", "imagenet21k", 1)
+    with pytest.raises(WeightsUnavailableError, match="densenet121"):
+        load_model("densenet121", "imagenet", 1)

@@ -20,6 +20,9 @@ _LAZY = {
     "resnet18_from_torchvision": "convert",
     "pretrained": "hub",
     "PRETRAINED": "hub",
+    "ARCHITECTURES": "weights",
+    "WEIGHTS_HELP": "weights",
+    "load_model": "weights",
 }
 
 __all__ = [
