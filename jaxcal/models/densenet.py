@@ -175,17 +175,15 @@ class DenseNet121(nnx.Module):
         """
         return jnp.mean(nnx.relu(self._feature_maps(x)["norm5"]), axis=(1, 2))
 
-    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         """Logits of a batch of images.
 
         Args:
             x: [B, H, W, 3] float32 NHWC images.
-            rngs: unused (DenseNet-121 has no dropout); accepted for a uniform model interface.
 
         Returns:
             [B, num_classes] logits.
         """
-        del rngs
         return self.classifier(jnp.mean(nnx.relu(self._feature_maps(x)["norm5"]), axis=(1, 2)))
 
     # The public methods call this private one rather than each other, so that nnx.tabulate
