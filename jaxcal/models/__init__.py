@@ -20,6 +20,7 @@ _LAZY = {
     "resnet18_from_torchvision": "convert",
     "pretrained": "hub",
     "PRETRAINED": "hub",
+    "weights_file": "hub",
     "ARCHITECTURES": "weights",
     "WEIGHTS_HELP": "weights",
     "load_model": "weights",
