@@ -6,7 +6,6 @@ and shapes of the `timm/*.tv_in1k` repositories (random values) into the hub's c
 and read them back with `HF_HUB_OFFLINE=1`.
 """
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 from densenet_reference import densenet121_shapes, random_state_dict
 from flax import nnx
+from hub_cache import populate_hub_cache
 from huggingface_hub import constants
 from safetensors.numpy import save_file
 
@@ -31,24 +31,6 @@ from jaxcal.models import (
     pretrained,
     resnet18_from_torchvision,
 )
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def populate_hub_cache(cache, repo_id, state_dict):
-    """Writes `state_dict` as `repo_id`'s model.safetensors in the hub cache layout."""
-    folder = cache / ("models--" + repo_id.replace("/", "--"))
-    (folder / "blobs").mkdir(parents=True)
-    tmp = folder / "model.tmp"
-    # timm's hub files keep torchvision's names and drop the num_batches_tracked counters.
-    save_file({k: v for k, v in state_dict.items() if "num_batches" not in k}, tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    os.replace(tmp, folder / "blobs" / digest)
-    (folder / "refs").mkdir()
-    (folder / "refs" / "main").write_text(COMMIT)
-    snapshot = folder / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    os.symlink(os.path.join("..", "..", "blobs", digest), snapshot / "model.safetensors")
 
 
 def _files(folder):
