@@ -1,7 +1,8 @@
 """Cats vs dogs with a pretrained ResNet18 (transfer learning), and its calibration.
 
-    python -m experiments.catsdogs --data tfds --weights resnet18.npz --out runs/catsdogs  # Colab
+    python -m experiments.catsdogs --data tfds --weights imagenet --out runs/catsdogs  # Colab
     python -m experiments.catsdogs --data local --data-dir ../shared/data --weights resnet18.npz
+    python -m experiments.catsdogs --model densenet121 --weights imagenet --train all
     python -m experiments.catsdogs --data synthetic --quick --weights random --out runs/smoke
 
 Reproduces the cats-vs-dogs notebook: ResNet18 with ImageNet weights, everything frozen but
@@ -10,7 +11,9 @@ Reproduces the cats-vs-dogs notebook: ResNet18 with ImageNet weights, everything
 ImageNet-normalised, augmented on device with a random resized crop (scale 0.8-1), flip,
 rotation (10 degrees) and colour jitter (0.3). Reports precision, recall, F1, the confusion
 matrix, ROC-AUC, a grid of correct and incorrect predictions and the calibration analysis
-before/after temperature scaling. `--data local` uses CIFAR-10 cats vs dogs from the
+before/after temperature scaling. `--model densenet121` and `--train head | layer4 | all`
+change the backbone and what of it trains (`head`: the head alone, on features computed once).
+`--data local` uses CIFAR-10 cats vs dogs from the
 torchvision layout as a small real stand-in for TFDS `cats_vs_dogs`.
 """
 
@@ -28,13 +31,17 @@ import numpy as np
 from experiments import cli, outdir, pipeline
 from jaxcal import data, metrics, models, plotting, study, train
 
+NAMES = {"resnet18": "ResNet18", "densenet121": "DenseNet-121"}
+
 
 @dataclasses.dataclass(frozen=True)
 class CatsDogsRecipe(cli.Recipe):
     """The cats-vs-dogs notebook's settings: Adam 1e-5, batch 32, up to 20 epochs, patience 3.
 
     Attributes:
-      weights: ResNet18 weights (see `cli.WEIGHTS_HELP`).
+      model: the pretrained backbone, "resnet18" (the notebook's) or "densenet121".
+      weights: its weights (see `cli.WEIGHTS_HELP`).
+      train: what trains (`cli.TRAIN_CHOICES`): the notebook's "layer4" (and the head).
       image_size: network input side.
       patience: early-stopping patience on validation accuracy.
     """
@@ -42,7 +49,9 @@ class CatsDogsRecipe(cli.Recipe):
     epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 1e-5
+    model: str = "resnet18"
     weights: str | None = None
+    train: str = "layer4"
     image_size: int = 224
     patience: int = 3
 
@@ -65,7 +74,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, CatsDogs
     parser = cli.parser_for(
         "python -m experiments.catsdogs", __doc__, recipe, default_out="runs/catsdogs"
     )
+    cli.add_recipe_option(
+        parser, recipe, "--model", str, "pretrained backbone", choices=tuple(cli.HEAD)
+    )
     cli.add_recipe_option(parser, recipe, "--weights", str, cli.WEIGHTS_HELP)
+    cli.add_recipe_option(parser, recipe, "--train", str, cli.TRAIN_HELP, choices=cli.TRAIN_CHOICES)
     cli.add_recipe_option(parser, recipe, "--image-size", cli.positive_int, "network input side")
     cli.add_recipe_option(
         parser, recipe, "--lr", cli.positive_float, "Adam learning rate", dest="learning_rate"
@@ -73,7 +86,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, CatsDogs
     cli.add_recipe_option(parser, recipe, "--patience", cli.positive_int, "early-stopping patience")
     args = parser.parse_args(argv)
     recipe = cli.recipe_from_args(recipe, args)
-    cli.require_weights(parser, recipe.weights)
+    cli.require_weights(parser, recipe.weights, recipe.model)
     outdir.check_out(parser, args)
     return args, recipe
 
@@ -86,24 +99,40 @@ def load(recipe: CatsDogsRecipe, source: str, data_dir, **kwargs) -> data.Datase
     return data.load_cats_vs_dogs(source, data_dir, image_size=image_size, **kwargs)
 
 
-def train_resnet(recipe: CatsDogsRecipe, splits: data.DatasetSplits, fit_options):
-    """ResNet18, everything frozen but layer4 and a new 2-class head, augmented on device."""
-    model = cli.load_resnet18(recipe.weights, 2, seed=recipe.seed)
-    preprocess = data.make_preprocess(
-        *data.IMAGENET_MEAN_STD,
-        resize_to=recipe.image_size,
-        augment=data.AugmentConfig.catsdogs(output_size=recipe.image_size),
-    )
+def train_pretrained(recipe: CatsDogsRecipe, splits: data.DatasetSplits, fit_options):
+    """The pretrained backbone with a new 2-class head; `recipe.train` says what trains.
+
+    "layer4" and "all" train through the backbone, augmented on device (frozen parts keep
+    BatchNorm in eval mode); "head" trains on unaugmented features computed once
+    (`pipeline.fit_head_on_features`).
+    """
+    model = cli.load_pretrained(recipe.model, recipe.weights, 2, seed=recipe.seed)
+    parts = cli.trainable_parts(recipe.model, recipe.train)
     config = train.TrainConfig(
         epochs=recipe.epochs,
         batch_size=recipe.batch_size,
         optimizer="adam",
         learning_rate=recipe.learning_rate,
-        trainable=("layer4", "fc"),
+        trainable=None if recipe.train == "head" else parts,
         patience=recipe.patience,
         monitor="val_accuracy",
         seed=recipe.seed,
         eval_batch_size=64,
+    )
+    if recipe.train == "head":
+        preprocess = data.make_preprocess(*data.IMAGENET_MEAN_STD, resize_to=recipe.image_size)
+        return pipeline.fit_head_on_features(
+            model, splits, config, fit_options, preprocess=preprocess, batch_size=64
+        )
+    preprocess = data.make_preprocess(
+        *data.IMAGENET_MEAN_STD,
+        resize_to=recipe.image_size,
+        augment=data.AugmentConfig.catsdogs(output_size=recipe.image_size),
+    )
+    trained = (
+        models.parameter_count(model)
+        if parts is None
+        else sum(models.parameter_count(getattr(model, name)) for name in parts)
     )
     return pipeline.fit_on_splits(
         model,
@@ -112,9 +141,7 @@ def train_resnet(recipe: CatsDogsRecipe, splits: data.DatasetSplits, fit_options
         fit_options,
         preprocess=preprocess,
         batch_size=64,
-        trained_parameters=sum(
-            models.parameter_count(getattr(model, name)) for name in config.trainable
-        ),
+        trained_parameters=trained,
     )
 
 
@@ -225,12 +252,16 @@ def describe(recipe: CatsDogsRecipe, out: pathlib.Path, splits, studied) -> pipe
     result = classify(splits.test.labels, run.test_logits)
     accuracy = run.study.test.accuracy
     config, history = run.trained.config, run.trained.history
-    model = f"ResNet18 (weights: {recipe.weights}), 2-class head; trained: layer4 + fc"
+    parts = cli.trainable_parts(recipe.model, recipe.train) or ("everything",)
+    model = (
+        f"{NAMES[recipe.model]} (weights: {recipe.weights}), 2-class head; trained: "
+        + " + ".join(parts)
+    )
     if recipe.weights == "random":
         model += " (random initialisation: a smoke run, not transfer learning)"
     scaled = run.study.temperature
     return pipeline.Report(
-        title="Cats vs dogs: ResNet18 transfer learning and its calibration",
+        title=f"Cats vs dogs: {NAMES[recipe.model]} transfer learning and its calibration",
         setup={
             "classes": f"{splits.class_names[0]} = 0, {splits.class_names[1]} = 1",
             "model": model,
@@ -263,7 +294,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         recipe,
         load=functools.partial(load, recipe),
         batch_size=recipe.batch_size,
-        build_and_train=lambda _, splits, fit_options: train_resnet(recipe, splits, fit_options),
+        build_and_train=lambda _, splits, fit_options: train_pretrained(
+            recipe, splits, fit_options
+        ),
         describe=lambda out, splits, studied: describe(recipe, out, splits, studied),
     )
 

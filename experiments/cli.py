@@ -9,13 +9,19 @@ import pathlib
 import sys
 from typing import Any, TypeVar
 
+from flax import nnx
+
 from jaxcal import data, models, study
 
-WEIGHTS_HELP = (
-    "ResNet18 ImageNet weights: a torchvision state_dict (.pth, needs torch) or the .npz that "
-    "`python -m jaxcal.models.convert resnet18.pth resnet18.npz` writes (no torch needed); "
-    "'random' for a smoke run with random initialisation"
+WEIGHTS_HELP = models.WEIGHTS_HELP
+TRAIN_CHOICES = ("head", "layer4", "all")
+TRAIN_HELP = (
+    "what trains: head (the new head, on features computed once), layer4 (the last stage and "
+    "the head: ResNet18's layer4, DenseNet-121's denseblock4 + norm5) or all; frozen parts "
+    "keep BatchNorm in eval mode"
 )
+HEAD = {"resnet18": models.ResNet18.head_name, "densenet121": models.DenseNet121.head_name}
+LAST_STAGE = {"resnet18": ("layer4",), "densenet121": ("denseblock4", "norm5")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,48 +166,50 @@ def recipe_from_args(recipe: R, args: argparse.Namespace) -> R:
     return dataclasses.replace(base, **given)
 
 
-def require_weights(parser: argparse.ArgumentParser, weights: str | None) -> None:
-    """Errors out (exit code 2) unless `weights` is 'random' or names an existing file."""
+def require_weights(parser: argparse.ArgumentParser, weights: str | None, model: str) -> None:
+    """Errors out (exit code 2) unless `weights` is 'random', 'imagenet' or an existing file.
+
+    'imagenet' is fetched into the hub cache here, before any data is loaded, so that a run
+    without the weights (offline, no hub extra) ends at once (exit code 1, one line).
+    """
     if weights is None:
         parser.error(
-            "ResNet18 needs pretrained ImageNet weights and none can be downloaded here: pass "
-            "--weights resnet18.pth (torchvision's resnet18-f37072fd.pth, e.g. "
-            "torchvision.models.resnet18(weights='DEFAULT').state_dict()) or a converted .npz; "
-            "or --weights random for a smoke run without pretraining"
+            "a pretrained model needs --weights: --weights imagenet (torchvision's ImageNet "
+            "weights from the Hugging Face hub, cached; pip install 'jaxcal[hub]'), --weights "
+            "FILE (.safetensors, .npz, or .pth with torch), or --weights random for a smoke run "
+            "without pretraining"
         )
-    if weights != "random" and not pathlib.Path(weights).is_file():
+    if weights not in ("random", "imagenet") and not pathlib.Path(weights).is_file():
         parser.error(f"--weights: no such file {weights}")
+    if weights == "imagenet":
+        try:
+            models.weights_file(model)
+        except models.WeightsUnavailableError as error:
+            parser.exit(1, f"error: --weights imagenet: {error}\n")
 
 
-def load_resnet18(weights: str, num_classes: int, *, seed: int) -> models.ResNet18:
-    """A ResNet18 with ImageNet weights from `weights` and a fresh `num_classes` head.
-
-    Args:
-      weights: 'random' (no pretraining), a torchvision state_dict `.pth` or a converted `.npz`
-        (checked to exist by `require_weights`).
-      num_classes: width of the new head (1: a single binary logit).
-      seed: seeds the head (and everything, with 'random').
+def load_pretrained(name: str, weights: str, num_classes: int, *, seed: int) -> nnx.Module:
+    """`models.load_model(name, weights, num_classes, seed=seed)`, ending the run with a
+    one-line error (exit code 1) when the weights cannot be had or do not fit the model.
 
     Raises:
-      SystemExit: a `.pth` without torch installed.
+      SystemExit: an unreadable or mismatched weights file, `imagenet` offline or without the
+        hub extra, or a `.pth` without torch; the message says what to do instead.
     """
-    from flax import nnx
+    try:
+        return models.load_model(name, weights, num_classes, seed=seed)
+    except (TypeError, ValueError, models.WeightsUnavailableError) as error:
+        sys.exit(f"error: --weights {weights}: {error}")
 
-    rngs = nnx.Rngs(seed)
-    if weights == "random":
-        return models.ResNet18(num_classes, rngs=rngs)
-    path = pathlib.Path(weights)
-    if path.suffix == ".npz":
-        state_dict = models.load_npz(path)
-    else:
-        try:
-            import torch
-        except ImportError:
-            sys.exit(
-                f"error: --weights {path}: reading a .pth needs torch (pip install "
-                "'jaxcal[torch]'); or convert it once elsewhere with "
-                "`python -m jaxcal.models.convert` to .npz"
-            )
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        state_dict = state_dict.get("state_dict", state_dict)
-    return models.resnet18_from_torchvision(state_dict, num_classes=num_classes, rngs=rngs)
+
+def trainable_parts(model: str, train: str) -> tuple[str, ...] | None:
+    """The top-level submodules `--train` names for `model`; None: all of it.
+
+    "head" is the new head only, "layer4" the last stage and the head (ResNet18's `layer4`;
+    DenseNet-121's `denseblock4` and `norm5`), "all" everything.
+    """
+    if train not in TRAIN_CHOICES:
+        raise ValueError(f"train must be one of {TRAIN_CHOICES}, got {train!r}")
+    if train == "all":
+        return None
+    return LAST_STAGE[model] + (HEAD[model],) if train == "layer4" else (HEAD[model],)

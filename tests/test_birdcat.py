@@ -172,7 +172,9 @@ def test_help_lists_the_options(capsys):
     for option in (
         "--data {tfds,local,embedded,synthetic}",
         "--data-dir",
-        "--model {lenet5,lenet5_bn,resnet18}",
+        "--model {lenet5,lenet5_bn,resnet18,densenet121}",
+        "--train {head,layer4,all}",
+        "--image-size",
         "--weights",
         "--epochs",
         "--batch-size",

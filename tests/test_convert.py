@@ -257,7 +257,7 @@ def test_npz_round_trip_keeps_keys_and_values(tmp_path, state_dict):
     assert list(loaded) == list(state_dict)
     for key, value in state_dict.items():
         np.testing.assert_array_equal(loaded[key], value.numpy())
-    with pytest.raises(ValueError, match="path"):
+    with pytest.raises(ValueError, match="absent.npz' does not exist"):
         load_npz(tmp_path / "absent.npz")
 
 
