@@ -1,6 +1,5 @@
-"""Temperature scaling: fit T by NLL with optax L-BFGS, apply it, and sweep many T in one call."""
+"""Temperature scaling: fit T by NLL with optax L-BFGS and apply it (sweeps: `sweep.py`)."""
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -8,32 +7,25 @@ import jax.numpy as jnp
 import optax
 
 from jaxcal.calibration import _checks
-from jaxcal.calibration.metrics import (
-    BINARY_MODES,
-    BINNINGS,
-    CLOSED_RULES,
-    NORMS,
-    ReliabilityBins,
-    _accuracy,
-    _bin_statistics,
-    _brier_score,
-    _calibration_error,
-    _confidence_and_target,
-    _edges,
-    _log_likelihood,
-    _nll,
-)
+from jaxcal.calibration.metrics import _log_likelihood, _nll
+from jaxcal.calibration.sweep import TemperatureSweep, temperature_sweep
+
+# The sweep lives in sweep.py; it is re-exported here, where it was first defined.
+__all__ = [
+    "MAX_TEMPERATURE",
+    "MIN_TEMPERATURE",
+    "TemperatureFit",
+    "TemperatureSweep",
+    "apply_temperature",
+    "fit_temperature",
+    "temperature_sweep",
+]
 
 # Default bounds on the fitted temperature. Beyond them the NLL is flat to float32 precision for
 # any realistic logits, and they keep separable data (T -> 0) and labels the logits cannot
 # predict (T -> infinity) finite.
 MIN_TEMPERATURE = 1e-2
 MAX_TEMPERATURE = 1e2
-
-# Samples x classes x temperatures evaluated together by temperature_sweep. Measured on a 2-core
-# CPU (1,000 temperatures): chunks of 1-16 temperatures x 10,000 samples run equally fast, 64 or
-# more are 4-7x slower (intermediates leave the cache); at 1,000,000 samples one per step is best.
-SWEEP_CHUNK_ELEMENTS = 1 << 16
 
 
 class TemperatureFit(NamedTuple):
@@ -60,36 +52,6 @@ class TemperatureFit(NamedTuple):
     def scale(self) -> jax.Array:
         """a = 1 / T, the logit multiplier of the original notebook."""
         return 1.0 / self.temperature
-
-
-class TemperatureSweep(NamedTuple):
-    """Result of `temperature_sweep`: every metric at every temperature, [T] along axis 0.
-
-    Attributes:
-      temperatures: [T] the temperatures evaluated.
-      ece: [T] calibration error of logits / T (norm as requested).
-      nll: [T] mean NLL of logits / T.
-      brier: [T] Brier score of logits / T.
-      accuracy: [T] accuracy (does not depend on T > 0).
-      bins: ReliabilityBins with a leading [T] axis: every temperature's reliability curve.
-    """
-
-    temperatures: jax.Array
-    ece: jax.Array
-    nll: jax.Array
-    brier: jax.Array
-    accuracy: jax.Array
-    bins: ReliabilityBins
-
-    @property
-    def best_index(self) -> jax.Array:
-        """Index of the temperature with the lowest NLL."""
-        return jnp.argmin(self.nll)
-
-    @property
-    def best_temperature(self) -> jax.Array:
-        """The temperature with the lowest NLL."""
-        return self.temperatures[self.best_index]
 
 
 def apply_temperature(logits: jax.typing.ArrayLike, temperature: jax.typing.ArrayLike) -> jax.Array:
@@ -229,88 +191,3 @@ def fit_temperature(
     logits, labels = _checks.check_scores_labels(logits, labels, from_logits=True, name="logits")
     lo, hi = (jnp.asarray(b, logits.dtype) for b in bounds)
     return _fit_temperature(logits, labels, max_iter, jnp.asarray(tol, logits.dtype), lo, hi)
-
-
-@partial(jax.jit, static_argnames=("num_bins", "binary", "closed", "norm", "binning", "batch_size"))
-def _temperature_sweep(
-    logits, labels, temperatures, num_bins, binary, closed, norm, binning, batch_size
-):
-    def at(temperature):
-        scaled = logits / temperature
-        confidence, target = _confidence_and_target(scaled, labels, from_logits=True, binary=binary)
-        edges = _edges(confidence, num_bins, binning)
-        bins = _bin_statistics(confidence, target, edges, closed=closed)
-        return (
-            _calibration_error(bins, norm),
-            _nll(scaled, labels, True),
-            _brier_score(scaled, labels, True),
-            bins,
-        )
-
-    # Pad to whole chunks with the last temperature (one compiled loop body), then drop them.
-    num_temperatures = temperatures.shape[0]
-    padded = -(-num_temperatures // batch_size) * batch_size
-    chunks = jnp.pad(temperatures, (0, padded - num_temperatures), mode="edge")
-    results = jax.lax.map(at, chunks, batch_size=batch_size)
-    ece, nll, brier, bins = jax.tree.map(lambda x: x[:num_temperatures], results)
-    accuracy = jnp.broadcast_to(_accuracy(logits, labels, True), temperatures.shape)
-    return TemperatureSweep(temperatures, ece, nll, brier, accuracy, bins)
-
-
-def temperature_sweep(
-    logits: jax.typing.ArrayLike,
-    labels: jax.typing.ArrayLike,
-    temperatures: jax.typing.ArrayLike,
-    *,
-    num_bins: int = 15,
-    binary: str = "positive",
-    closed: str = "left",
-    norm: str = "l1",
-    binning: str = "uniform",
-    batch_size: int | None = None,
-) -> TemperatureSweep:
-    """Calibration metrics of `logits / T` for every temperature T, in one compiled call.
-
-    Temperatures are evaluated in vmapped chunks with `lax.map(..., batch_size=k)`, so memory
-    is O(k * N * K): 1,000 temperatures x 1,000,000 binary samples run in ~11 s at ~0.4 GB RSS
-    on a 2-core CPU. Entry t equals `ece(logits / temperatures[t], labels, ...)` (and likewise
-    `nll`, `brier_score`).
-
-    Args:
-      logits: [N] binary or [N, K] multiclass logits.
-      labels: [N] int labels.
-      temperatures: [T] temperatures > 0 (e.g. `jnp.geomspace(0.25, 4.0, 1000)`).
-      num_bins, binary, closed, norm, binning: as in `ece` (quantile edges are recomputed for
-        every temperature, which costs a sort per temperature).
-      batch_size: temperatures per vmapped chunk; default: as many as keep a chunk at
-        `SWEEP_CHUNK_ELEMENTS` (2^16) samples x classes.
-
-    Returns:
-      TemperatureSweep with [T] metrics, `.bins` (leading [T] axis) and `.best_index`
-      (lowest NLL).
-
-    Raises:
-      ValueError / TypeError: bad shapes or options; eagerly also non-finite logits, labels
-        out of range, or non-positive temperatures.
-    """
-    _checks.check_option("binary", binary, BINARY_MODES)
-    _checks.check_option("closed", closed, CLOSED_RULES)
-    _checks.check_option("binning", binning, BINNINGS)
-    _checks.check_option("norm", norm, NORMS)
-    num_bins = _checks.check_positive_int("num_bins", num_bins)
-    logits, labels = _checks.check_scores_labels(logits, labels, from_logits=True, name="logits")
-    temperatures = _checks.as_float_array("temperatures", temperatures)
-    if temperatures.ndim != 1 or temperatures.shape[0] == 0:
-        raise ValueError(f"temperatures must have shape [T] with T >= 1, got {temperatures.shape}")
-    _checks.check_finite("temperatures", temperatures)
-    if _checks.is_concrete(temperatures) and float(jnp.min(temperatures)) <= 0.0:
-        raise ValueError(f"temperatures must be > 0, got min {float(jnp.min(temperatures))}")
-    num_temperatures = temperatures.shape[0]
-    if batch_size is None:
-        per_temperature = logits.size
-        batch_size = max(1, min(num_temperatures, SWEEP_CHUNK_ELEMENTS // per_temperature))
-    else:
-        batch_size = min(_checks.check_positive_int("batch_size", batch_size), num_temperatures)
-    return _temperature_sweep(
-        logits, labels, temperatures, num_bins, binary, closed, norm, binning, batch_size
-    )
