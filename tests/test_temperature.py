@@ -202,6 +202,51 @@ class TestFitTemperature:
         assert nll64(logits / t, labels) <= best_on_grid + 1e-5 * (1 + best_on_grid)
 
 
+def issue_problem(seed):
+    """The random problems of the convergence report: N in [100, 5000), interior optima."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(100, 5000))
+    logits = (rng.normal(size=n) * rng.uniform(0.5, 4)).astype(np.float32)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-logits / rng.uniform(0.5, 2)))).astype(np.int32)
+    return logits, labels
+
+
+class TestConvergence:
+    def test_reported_interior_optimum_is_converged(self):
+        logits, labels = issue_problem(23)
+        fit = fit_temperature(logits, labels)
+        assert float(fit.temperature) == pytest.approx(scipy_temperature(logits, labels), rel=1e-5)
+        assert bool(fit.converged)
+
+    def test_flag_is_true_exactly_when_within_1e4_of_the_optimum(self):
+        # 1,000 problems in one compiled lax.map. Each is padded to 5,000 samples with zero
+        # logits: their NLL, log 2, does not depend on T, so the optimum and the scale-free
+        # convergence test are unchanged (only the mean's weight shrinks).
+        size = 5000
+        logits = np.zeros((1000, size), np.float32)
+        labels = np.zeros((1000, size), np.int32)
+        optima = np.empty(1000)
+        for seed in range(1000):
+            z, y = issue_problem(seed)
+            logits[seed, : len(z)], labels[seed, : len(z)] = z, y
+            optima[seed] = scipy_temperature(z, y)
+        fits = jax.jit(lambda z, y: jax.lax.map(lambda zy: fit_temperature(*zy), (z, y)))(
+            logits, labels
+        )
+        error = np.abs(np.asarray(fits.temperature) / optima - 1.0)
+        within = error <= 1e-4
+        np.testing.assert_array_equal(np.asarray(fits.converged), within)
+        assert within.mean() > 0.99  # interior optima: nearly all fits must get there
+
+    def test_budget_cut_short_is_not_converged(self):
+        logits, labels = issue_problem(23)
+        for max_iter in (1, 2):
+            fit = fit_temperature(logits, labels, max_iter=max_iter)
+            error = abs(float(fit.temperature) / scipy_temperature(logits, labels) - 1.0)
+            assert int(fit.num_iter) <= max_iter
+            assert bool(fit.converged) == (error <= 1e-4)
+
+
 class TestApplyTemperature:
     def test_divides(self):
         z = np.array([[1.0, -2.0], [4.0, 0.5]], np.float32)
@@ -214,6 +259,16 @@ class TestApplyTemperature:
             apply_temperature(np.ones(3), bad)
         with pytest.raises(ValueError, match="temperature must be a scalar"):
             apply_temperature(np.ones(3), np.ones(2))
+
+    def test_rejects_bad_logits_and_overflow(self):
+        with pytest.raises(ValueError, match="logits must be finite"):
+            apply_temperature(np.array([1.0, np.nan]), 2.0)
+        with pytest.raises(ValueError, match="logits must be finite"):
+            apply_temperature(np.array([np.inf, 0.0]), 2.0)
+        with pytest.raises(ValueError, match="temperature 1.4e-45 is too small"):
+            apply_temperature(np.array([1.0, -2.0], np.float32), 1e-45)
+        # Under jit the values are unknown: no check, no sync.
+        assert np.isinf(jax.jit(apply_temperature)(np.ones(2, np.float32), 1e-45)).all()
 
 
 class TestValidation:

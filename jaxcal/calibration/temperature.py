@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxcal.calibration import _checks
@@ -33,11 +34,14 @@ class TemperatureFit(NamedTuple):
 
     Attributes:
       temperature: fitted T > 0; calibrated logits are logits / T.
-      converged: True iff L-BFGS reached |d NLL / d log T| <= tol strictly inside the bounds
-        (or the NLL does not depend on T at all, when T = 1). False when T sits at a bound
-        because the NLL keeps falling beyond it (separable data: T -> 0; labels the logits do
-        not predict, e.g. one class only: T -> infinity), or when max_iter ran out.
-      num_iter: L-BFGS iterations taken (0 when the optimum is known to lie at a bound).
+      converged: True iff T lies strictly inside the bounds and the Newton step in log T,
+        |f'(log T) / f''(log T)| for the NLL f, is <= tol, i.e. T is within a relative ~tol
+        of the optimum (or the NLL does not depend on T at all, when T = 1). False when T
+        sits at a bound because the NLL keeps falling beyond it (separable data: T -> 0;
+        labels the logits do not predict, e.g. one class only: T -> infinity), or when
+        max_iter ran out first.
+      num_iter: L-BFGS iterations plus Newton polishing steps taken, <= max_iter (0 when the
+        optimum is known to lie at a bound).
       nll_before: mean NLL of the unscaled logits (T = 1).
       nll_after: mean NLL at the fitted T (<= nll_before when 1 lies within the bounds).
     """
@@ -55,22 +59,36 @@ class TemperatureFit(NamedTuple):
 
 
 def apply_temperature(logits: jax.typing.ArrayLike, temperature: jax.typing.ArrayLike) -> jax.Array:
-    """Calibrated logits `logits / temperature`.
+    """Calibrated logits `logits / temperature`, checked like `fit_temperature`'s inputs.
 
     Args:
-      logits: [N] binary or [N, K] multiclass logits (any leading shape is accepted).
-      temperature: scalar T > 0 (checked eagerly when concrete).
+      logits: [N] binary or [N, K] multiclass logits (any leading shape is accepted); finite.
+      temperature: scalar T > 0 and finite, such that logits / T stays finite (e.g. a
+        `TemperatureFit.temperature`).
 
     Returns:
       Logits of the same shape divided by T.
+
+    Raises:
+      ValueError: (eagerly, on concrete arrays) NaN/inf logits, T not finite and > 0, or a T
+        so small that some logits / T overflow to inf; TypeError for non-real input.
     """
     logits = _checks.as_float_array("logits", logits)
     temperature = _checks.as_float_array("temperature", temperature)
     if temperature.ndim != 0:
         raise ValueError(f"temperature must be a scalar, got shape {temperature.shape}")
+    _checks.check_finite("logits", logits)
     if _checks.is_concrete(temperature) and not (0.0 < float(temperature) < float("inf")):
         raise ValueError(f"temperature must be finite and > 0, got {float(temperature)}")
-    return logits / temperature
+    scaled = logits / temperature
+    if _checks.is_concrete(scaled) and not np.all(np.isfinite(np.asarray(scaled))):
+        raise ValueError(
+            f"temperature {float(temperature):.3g} is too small for these logits: logits / "
+            f"temperature overflows {scaled.dtype} (max |logit| "
+            f"{float(np.abs(np.asarray(logits)).max()):.3g}); fit_temperature returns "
+            f"T in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}] by default"
+        )
+    return scaled
 
 
 def _label_gaps(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -78,6 +96,33 @@ def _label_gaps(logits: jax.Array, labels: jax.Array) -> jax.Array:
     if logits.ndim == 1:
         logits = jnp.stack([jnp.zeros_like(logits), logits], axis=-1)
     return logits - jnp.take_along_axis(logits, labels[:, None], axis=-1)
+
+
+def _newton_polish(objective, log_t, count, max_iter, log_lo, log_hi, steps: int = 2):
+    """Up to `steps` Newton steps in log T after L-BFGS, within the iteration budget.
+
+    Near the optimum a float32 objective is flatter than its rounding noise, so line searches
+    stall there while the gradient still points the way: a step is kept when it shrinks |f'|.
+
+    Returns:
+      (log T, iterations used so far, Newton step |f' / f''| at log T: the scale-aware
+      estimate of the distance to the optimum in log T, NaN where f'' <= 0).
+    """
+
+    def derivatives(x):
+        return jax.jvp(jax.grad(objective), (x,), (jnp.ones_like(x),))
+
+    grad, curvature = derivatives(log_t)
+    for _ in range(steps):
+        usable = (curvature > 0) & (count < max_iter)
+        proposal = jnp.clip(log_t - grad / jnp.where(usable, curvature, 1.0), log_lo, log_hi)
+        new_grad, new_curvature = derivatives(proposal)
+        keep = usable & (jnp.abs(new_grad) < jnp.abs(grad))
+        log_t = jnp.where(keep, proposal, log_t)
+        grad = jnp.where(keep, new_grad, grad)
+        curvature = jnp.where(keep, new_curvature, curvature)
+        count = count + keep.astype(count.dtype)
+    return log_t, count, jnp.abs(grad) / jnp.where(curvature > 0, curvature, jnp.nan)
 
 
 @jax.jit
@@ -119,8 +164,10 @@ def _fit_temperature(logits, labels, max_iter, tol, lowest, highest):
         log_t, state, previous = carry
         count = optax.tree.get(state, "count")
         grad = optax.tree.get(state, "grad")
-        moving = (count == 0) | (log_t != previous)
-        improvable = (count == 0) | ((count < max_iter) & (jnp.abs(grad) > tol))
+        # L-BFGS steps near the optimum are secant (Newton) steps: a step below tol / 10 in
+        # log T (relative in T) means the fit is there to float32 precision.
+        moving = (count == 0) | (jnp.abs(log_t - previous) > 0.1 * tol)
+        improvable = (count == 0) | ((count < max_iter) & (grad != 0))
         return ~decided & moving & improvable
 
     start = jnp.clip(jnp.zeros((), logits.dtype), log_lo, log_hi)
@@ -128,19 +175,22 @@ def _fit_temperature(logits, labels, max_iter, tol, lowest, highest):
     # L-BFGS only accepts descent steps; the guard makes "never worse than the start" explicit.
     worse = nll_change(log_t) > nll_change(start)
     log_t = jnp.where(worse, start, log_t)
+    count = jnp.where(decided, 0, optax.tree.get(state, "count"))
+    log_t, count, newton_step = _newton_polish(
+        nll_change, log_t, count, jnp.where(decided, 0, max_iter), log_lo, log_hi
+    )
     interior = (log_t > log_lo) & (log_t < log_hi)
-    grad_end = jax.grad(nll_change)(log_t)
     log_t = jnp.where(
         constant,
         0.0,
         jnp.where(to_zero, log_lo, jnp.where(to_infinity, log_hi, jnp.clip(log_t, log_lo, log_hi))),
     )
-    converged = constant | (~decided & ~worse & interior & (jnp.abs(grad_end) <= tol))
+    converged = constant | (~decided & ~worse & interior & (newton_step <= tol))
     temperature = jnp.clip(jnp.exp(log_t), lowest, highest)
     return TemperatureFit(
         temperature=temperature,
         converged=converged,
-        num_iter=jnp.where(decided, 0, optax.tree.get(state, "count")).astype(jnp.int32),
+        num_iter=count.astype(jnp.int32),
         nll_before=_nll(logits, labels, True),
         nll_after=_nll(logits / temperature, labels, True),
     )
@@ -151,7 +201,7 @@ def fit_temperature(
     labels: jax.typing.ArrayLike,
     *,
     max_iter: int = 100,
-    tol: float = 1e-6,
+    tol: float = 1e-5,
     bounds: tuple[float, float] = (MIN_TEMPERATURE, MAX_TEMPERATURE),
 ) -> TemperatureFit:
     """Fits the temperature T minimising the NLL of `logits / T` (Guo et al. 2017).
@@ -166,7 +216,9 @@ def fit_temperature(
       logits: [N] binary logits or [N, K] multiclass logits (fit on a held-out set).
       labels: [N] int labels.
       max_iter: maximum L-BFGS iterations (>= 1).
-      tol: stop when |d NLL / d log T| <= tol (> 0).
+      tol: relative accuracy of T (> 0): L-BFGS stops when its step in log T is below tol / 10;
+        `converged` requires the Newton step |f' / f''| in log T to be <= tol. Scale-aware:
+        it does not depend on the size of the NLL, the logits or N.
       bounds: (lowest, highest) temperature, 0 < lowest < highest < inf; default (1e-2, 1e2).
 
     Returns:
