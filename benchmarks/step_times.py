@@ -426,10 +426,13 @@ def log_sigmoid_floor(logits: jax.Array, labels: jax.Array, temperatures: jax.Ar
 PEAK_RSS_SCRIPT = """
 import resource, sys
 import jax.numpy as jnp
-from benchmarks.step_times import overconfident_logits
+import numpy as np
 from jaxcal import calibration
 samples, temperatures, num_bins = (int(a) for a in sys.argv[1:])
-logits, labels = (jnp.asarray(a) for a in overconfident_logits(samples))
+rng = np.random.default_rng(0)  # as overconfident_logits, without importing the benchmarks
+z = rng.normal(0.0, 1.5, samples)
+labels = jnp.asarray((rng.random(samples) < 1.0 / (1.0 + np.exp(-z))).astype(np.int32))
+logits = jnp.asarray((3.0 * z).astype(np.float32))
 grid = jnp.asarray(jnp.geomspace(0.25, 8.0, temperatures), jnp.float32)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 calibration.temperature_sweep(logits, labels, grid, num_bins=num_bins).ece.block_until_ready()
