@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import pathlib
+import subprocess
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -401,8 +402,62 @@ def ece_numpy_loop(
     return out
 
 
+@jax.jit
+def log_sigmoid_floor(logits: jax.Array, labels: jax.Array, temperatures: jax.Array) -> jax.Array:
+    """The sweep's floor: one fused pass of log sigmoid(±z / T) over every (T, sample) pair.
+
+    No exact sweep can do less: its NLL needs these values. The pass uses the same cheapest
+    accurate form as the sweep (log1p(exp(-|x|)) + max(-x, 0); `jax.nn.log_sigmoid` costs
+    ~7x more on CPU) and the same chunks of temperatures, reducing each to a mean.
+
+    Returns:
+        [T] mean NLL of logits / T.
+    """
+    signed = jnp.where(labels == 1, logits, -logits)
+    chunk = max(1, min(temperatures.shape[0], (1 << 17) // logits.shape[0]))
+
+    def at(temperature):
+        x = signed / temperature
+        return jnp.mean(jnp.log1p(jnp.exp(-jnp.abs(x))) + jnp.maximum(-x, 0.0))
+
+    return jax.lax.map(at, temperatures, batch_size=chunk)
+
+
+PEAK_RSS_SCRIPT = """
+import resource, sys
+import jax.numpy as jnp
+import numpy as np
+from jaxcal import calibration
+samples, temperatures, num_bins = (int(a) for a in sys.argv[1:])
+rng = np.random.default_rng(0)  # as overconfident_logits, without importing the benchmarks
+z = rng.normal(0.0, 1.5, samples)
+labels = jnp.asarray((rng.random(samples) < 1.0 / (1.0 + np.exp(-z))).astype(np.int32))
+logits = jnp.asarray((3.0 * z).astype(np.float32))
+grid = jnp.asarray(jnp.geomspace(0.25, 8.0, temperatures), jnp.float32)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+calibration.temperature_sweep(logits, labels, grid, num_bins=num_bins).ece.block_until_ready()
+print(before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def sweep_peak_rss_mb(samples: int, temperatures: int, num_bins: int) -> dict[str, float]:
+    """Peak RSS of a fresh process running one sweep: before it (imports, data) and overall."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-c", PEAK_RSS_SCRIPT, str(samples), str(temperatures)]
+    result = subprocess.run(
+        [*command, str(num_bins)], cwd=root, capture_output=True, text=True, check=True
+    )
+    before, peak = (float(v) for v in result.stdout.split())
+    return {"before_sweep_mb": round(before, 1), "peak_mb": round(peak, 1)}
+
+
 def bench_temperature_sweep(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
-    """ECE at 1,000 temperatures: `temperature_sweep` vs the numpy loop; 1M samples alone."""
+    """ECE at 1,000 temperatures: `temperature_sweep` vs the numpy loop and vs its floor.
+
+    Rows: 10,000 samples against the numpy loop; 1,000,000 (quick: 200,000) jaxcal only.
+    Both rows carry `floor_ms` (`log_sigmoid_floor`, timed interleaved in the same run) and
+    `over_floor`; the big row also the peak RSS of a fresh process at 15 and 1,000 bins.
+    """
     del torch_ref  # the reference is numpy
     temperatures = np.geomspace(0.25, 8.0, cfg.sweep_temperatures).astype(np.float32)
     logits, labels = overconfident_logits(cfg.sweep_samples)
@@ -422,18 +477,28 @@ def bench_temperature_sweep(cfg: BenchConfig, torch_ref: ModuleType | None) -> l
         loop = ece_numpy_loop(logits, labels, temperatures)
         return loop
 
-    ours, theirs, first, first_ref = _compare(jaxcal_sweep, numpy_sweep, repeats=cfg.repeats)
+    samples, first = _time_all(
+        {
+            "jaxcal": jaxcal_sweep,
+            "reference": numpy_sweep,
+            "floor": lambda: log_sigmoid_floor(logits_d, labels_d, temps_d).block_until_ready(),
+        },
+        repeats=cfg.repeats,
+    )
     sweep = np.asarray(jaxcal_sweep(), np.float64)
+    floor_ms = median(samples["floor"])
     rows = [
         _row(
             "temperature_sweep",
             f"{cfg.sweep_temperatures} temperatures x {cfg.sweep_samples} samples, 15 bins",
-            ours,
+            samples["jaxcal"],
             "numpy per temperature, Python loop over bins",
-            theirs,
-            jaxcal_first_call_ms=round(first, 1),
-            reference_first_call_ms=round(first_ref, 1),
+            samples["reference"],
+            jaxcal_first_call_ms=round(first["jaxcal"], 1),
+            reference_first_call_ms=round(first["reference"], 1),
             max_abs_ece_difference=float(np.max(np.abs(sweep - loop))),
+            floor_ms=floor_ms,
+            over_floor=round(median(samples["jaxcal"]) / floor_ms, 2),
         )
     ]
     big_logits, big_labels = (jnp.asarray(a) for a in overconfident_logits(cfg.big_sweep_samples))
@@ -443,30 +508,30 @@ def bench_temperature_sweep(cfg: BenchConfig, torch_ref: ModuleType | None) -> l
             big_logits, big_labels, temps_d
         ).ece.block_until_ready()
 
-    first_big = first_call_ms(big_sweep)
-    samples = time_interleaved({"big": big_sweep}, repeats=3, warmup=0)
-    compiled = (
-        jax.jit(calibration.temperature_sweep).lower(big_logits, big_labels, temps_d).compile()
-    )
-    memory = compiled.memory_analysis()
-    peak = None
-    if memory is not None:
-        peak = (
-            memory.argument_size_in_bytes
-            + memory.output_size_in_bytes
-            + memory.temp_size_in_bytes
-            - memory.alias_size_in_bytes
-        )
+    def big_floor():
+        return log_sigmoid_floor(big_logits, big_labels, temps_d).block_until_ready()
+
+    runs = {"big": big_sweep, "floor": big_floor}
+    first = {name: first_call_ms(run) for name, run in runs.items()}
+    big = time_interleaved(runs, repeats=3, warmup=0)
+    floor_ms = median(big["floor"])
     rows.append(
         _row(
             "temperature_sweep",
             f"{cfg.sweep_temperatures} temperatures x {cfg.big_sweep_samples} samples, jaxcal only",
-            samples["big"],
+            big["big"],
             None,
             None,
-            jaxcal_first_call_ms=round(first_big, 1),
-            peak_memory_mb=None if peak is None else round(peak / 2**20, 1),
-            peak_memory_note="XLA's buffer plan: arguments + outputs + temporaries",
+            jaxcal_first_call_ms=round(first["big"], 1),
+            floor_ms=floor_ms,
+            over_floor=round(median(big["big"]) / floor_ms, 2),
+            peak_rss=[
+                {"num_bins": bins}
+                | sweep_peak_rss_mb(cfg.big_sweep_samples, cfg.sweep_temperatures, bins)
+                for bins in (15, 1000)
+            ],
+            peak_rss_note="ru_maxrss of a fresh process: before the sweep (imports and data), "
+            "and overall",
         )
     )
     return rows

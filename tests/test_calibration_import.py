@@ -24,5 +24,6 @@ def test_import_pulls_in_no_heavy_frameworks():
         "jaxcal.calibration",
         "jaxcal.calibration._checks",
         "jaxcal.calibration.metrics",
+        "jaxcal.calibration.sweep",
         "jaxcal.calibration.temperature",
     }

@@ -1,28 +1,26 @@
-"""Temperature scaling: fit T by NLL with optax L-BFGS, apply it, and sweep many T in one call."""
+"""Temperature scaling: fit T by NLL with optax L-BFGS and apply it (sweeps: `sweep.py`)."""
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxcal.calibration import _checks
-from jaxcal.calibration.metrics import (
-    BINARY_MODES,
-    BINNINGS,
-    CLOSED_RULES,
-    NORMS,
-    ReliabilityBins,
-    _accuracy,
-    _bin_statistics,
-    _brier_score,
-    _calibration_error,
-    _confidence_and_target,
-    _edges,
-    _log_likelihood,
-    _nll,
-)
+from jaxcal.calibration.metrics import _log_likelihood, _nll
+from jaxcal.calibration.sweep import TemperatureSweep, temperature_sweep
+
+# The sweep lives in sweep.py; it is re-exported here, where it was first defined.
+__all__ = [
+    "MAX_TEMPERATURE",
+    "MIN_TEMPERATURE",
+    "TemperatureFit",
+    "TemperatureSweep",
+    "apply_temperature",
+    "fit_temperature",
+    "temperature_sweep",
+]
 
 # Default bounds on the fitted temperature. Beyond them the NLL is flat to float32 precision for
 # any realistic logits, and they keep separable data (T -> 0) and labels the logits cannot
@@ -30,22 +28,20 @@ from jaxcal.calibration.metrics import (
 MIN_TEMPERATURE = 1e-2
 MAX_TEMPERATURE = 1e2
 
-# Samples x classes x temperatures evaluated together by temperature_sweep. Measured on a 2-core
-# CPU (1,000 temperatures): chunks of 1-16 temperatures x 10,000 samples run equally fast, 64 or
-# more are 4-7x slower (intermediates leave the cache); at 1,000,000 samples one per step is best.
-SWEEP_CHUNK_ELEMENTS = 1 << 16
-
 
 class TemperatureFit(NamedTuple):
     """Result of `fit_temperature` (scalars; a pytree, so it passes through jit/vmap).
 
     Attributes:
       temperature: fitted T > 0; calibrated logits are logits / T.
-      converged: True iff L-BFGS reached |d NLL / d log T| <= tol strictly inside the bounds
-        (or the NLL does not depend on T at all, when T = 1). False when T sits at a bound
-        because the NLL keeps falling beyond it (separable data: T -> 0; labels the logits do
-        not predict, e.g. one class only: T -> infinity), or when max_iter ran out.
-      num_iter: L-BFGS iterations taken (0 when the optimum is known to lie at a bound).
+      converged: True iff T lies strictly inside the bounds and the Newton step in log T,
+        |f'(log T) / f''(log T)| for the NLL f, is <= tol, i.e. T is within a relative ~tol
+        of the optimum (or the NLL does not depend on T at all, when T = 1). False when T
+        sits at a bound because the NLL keeps falling beyond it (separable data: T -> 0;
+        labels the logits do not predict, e.g. one class only: T -> infinity), or when
+        max_iter ran out first.
+      num_iter: L-BFGS iterations plus Newton polishing steps taken, <= max_iter (0 when the
+        optimum is known to lie at a bound).
       nll_before: mean NLL of the unscaled logits (T = 1).
       nll_after: mean NLL at the fitted T (<= nll_before when 1 lies within the bounds).
     """
@@ -62,53 +58,37 @@ class TemperatureFit(NamedTuple):
         return 1.0 / self.temperature
 
 
-class TemperatureSweep(NamedTuple):
-    """Result of `temperature_sweep`: every metric at every temperature, [T] along axis 0.
-
-    Attributes:
-      temperatures: [T] the temperatures evaluated.
-      ece: [T] calibration error of logits / T (norm as requested).
-      nll: [T] mean NLL of logits / T.
-      brier: [T] Brier score of logits / T.
-      accuracy: [T] accuracy (does not depend on T > 0).
-      bins: ReliabilityBins with a leading [T] axis: every temperature's reliability curve.
-    """
-
-    temperatures: jax.Array
-    ece: jax.Array
-    nll: jax.Array
-    brier: jax.Array
-    accuracy: jax.Array
-    bins: ReliabilityBins
-
-    @property
-    def best_index(self) -> jax.Array:
-        """Index of the temperature with the lowest NLL."""
-        return jnp.argmin(self.nll)
-
-    @property
-    def best_temperature(self) -> jax.Array:
-        """The temperature with the lowest NLL."""
-        return self.temperatures[self.best_index]
-
-
 def apply_temperature(logits: jax.typing.ArrayLike, temperature: jax.typing.ArrayLike) -> jax.Array:
-    """Calibrated logits `logits / temperature`.
+    """Calibrated logits `logits / temperature`, checked like `fit_temperature`'s inputs.
 
     Args:
-      logits: [N] binary or [N, K] multiclass logits (any leading shape is accepted).
-      temperature: scalar T > 0 (checked eagerly when concrete).
+      logits: [N] binary or [N, K] multiclass logits (any leading shape is accepted); finite.
+      temperature: scalar T > 0 and finite, such that logits / T stays finite (e.g. a
+        `TemperatureFit.temperature`).
 
     Returns:
       Logits of the same shape divided by T.
+
+    Raises:
+      ValueError: (eagerly, on concrete arrays) NaN/inf logits, T not finite and > 0, or a T
+        so small that some logits / T overflow to inf; TypeError for non-real input.
     """
     logits = _checks.as_float_array("logits", logits)
     temperature = _checks.as_float_array("temperature", temperature)
     if temperature.ndim != 0:
         raise ValueError(f"temperature must be a scalar, got shape {temperature.shape}")
+    _checks.check_finite("logits", logits)
     if _checks.is_concrete(temperature) and not (0.0 < float(temperature) < float("inf")):
         raise ValueError(f"temperature must be finite and > 0, got {float(temperature)}")
-    return logits / temperature
+    scaled = logits / temperature
+    if _checks.is_concrete(scaled) and not np.all(np.isfinite(np.asarray(scaled))):
+        raise ValueError(
+            f"temperature {float(temperature):.3g} is too small for these logits: logits / "
+            f"temperature overflows {scaled.dtype} (max |logit| "
+            f"{float(np.abs(np.asarray(logits)).max()):.3g}); fit_temperature returns "
+            f"T in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}] by default"
+        )
+    return scaled
 
 
 def _label_gaps(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -116,6 +96,33 @@ def _label_gaps(logits: jax.Array, labels: jax.Array) -> jax.Array:
     if logits.ndim == 1:
         logits = jnp.stack([jnp.zeros_like(logits), logits], axis=-1)
     return logits - jnp.take_along_axis(logits, labels[:, None], axis=-1)
+
+
+def _newton_polish(objective, log_t, count, max_iter, log_lo, log_hi, steps: int = 2):
+    """Up to `steps` Newton steps in log T after L-BFGS, within the iteration budget.
+
+    Near the optimum a float32 objective is flatter than its rounding noise, so line searches
+    stall there while the gradient still points the way: a step is kept when it shrinks |f'|.
+
+    Returns:
+      (log T, iterations used so far, Newton step |f' / f''| at log T: the scale-aware
+      estimate of the distance to the optimum in log T, NaN where f'' <= 0).
+    """
+
+    def derivatives(x):
+        return jax.jvp(jax.grad(objective), (x,), (jnp.ones_like(x),))
+
+    grad, curvature = derivatives(log_t)
+    for _ in range(steps):
+        usable = (curvature > 0) & (count < max_iter)
+        proposal = jnp.clip(log_t - grad / jnp.where(usable, curvature, 1.0), log_lo, log_hi)
+        new_grad, new_curvature = derivatives(proposal)
+        keep = usable & (jnp.abs(new_grad) < jnp.abs(grad))
+        log_t = jnp.where(keep, proposal, log_t)
+        grad = jnp.where(keep, new_grad, grad)
+        curvature = jnp.where(keep, new_curvature, curvature)
+        count = count + keep.astype(count.dtype)
+    return log_t, count, jnp.abs(grad) / jnp.where(curvature > 0, curvature, jnp.nan)
 
 
 @jax.jit
@@ -157,8 +164,10 @@ def _fit_temperature(logits, labels, max_iter, tol, lowest, highest):
         log_t, state, previous = carry
         count = optax.tree.get(state, "count")
         grad = optax.tree.get(state, "grad")
-        moving = (count == 0) | (log_t != previous)
-        improvable = (count == 0) | ((count < max_iter) & (jnp.abs(grad) > tol))
+        # L-BFGS steps near the optimum are secant (Newton) steps: a step below tol / 10 in
+        # log T (relative in T) means the fit is there to float32 precision.
+        moving = (count == 0) | (jnp.abs(log_t - previous) > 0.1 * tol)
+        improvable = (count == 0) | ((count < max_iter) & (grad != 0))
         return ~decided & moving & improvable
 
     start = jnp.clip(jnp.zeros((), logits.dtype), log_lo, log_hi)
@@ -166,19 +175,22 @@ def _fit_temperature(logits, labels, max_iter, tol, lowest, highest):
     # L-BFGS only accepts descent steps; the guard makes "never worse than the start" explicit.
     worse = nll_change(log_t) > nll_change(start)
     log_t = jnp.where(worse, start, log_t)
+    count = jnp.where(decided, 0, optax.tree.get(state, "count"))
+    log_t, count, newton_step = _newton_polish(
+        nll_change, log_t, count, jnp.where(decided, 0, max_iter), log_lo, log_hi
+    )
     interior = (log_t > log_lo) & (log_t < log_hi)
-    grad_end = jax.grad(nll_change)(log_t)
     log_t = jnp.where(
         constant,
         0.0,
         jnp.where(to_zero, log_lo, jnp.where(to_infinity, log_hi, jnp.clip(log_t, log_lo, log_hi))),
     )
-    converged = constant | (~decided & ~worse & interior & (jnp.abs(grad_end) <= tol))
+    converged = constant | (~decided & ~worse & interior & (newton_step <= tol))
     temperature = jnp.clip(jnp.exp(log_t), lowest, highest)
     return TemperatureFit(
         temperature=temperature,
         converged=converged,
-        num_iter=jnp.where(decided, 0, optax.tree.get(state, "count")).astype(jnp.int32),
+        num_iter=count.astype(jnp.int32),
         nll_before=_nll(logits, labels, True),
         nll_after=_nll(logits / temperature, labels, True),
     )
@@ -189,7 +201,7 @@ def fit_temperature(
     labels: jax.typing.ArrayLike,
     *,
     max_iter: int = 100,
-    tol: float = 1e-6,
+    tol: float = 1e-5,
     bounds: tuple[float, float] = (MIN_TEMPERATURE, MAX_TEMPERATURE),
 ) -> TemperatureFit:
     """Fits the temperature T minimising the NLL of `logits / T` (Guo et al. 2017).
@@ -204,7 +216,9 @@ def fit_temperature(
       logits: [N] binary logits or [N, K] multiclass logits (fit on a held-out set).
       labels: [N] int labels.
       max_iter: maximum L-BFGS iterations (>= 1).
-      tol: stop when |d NLL / d log T| <= tol (> 0).
+      tol: relative accuracy of T (> 0): L-BFGS stops when its step in log T is below tol / 10;
+        `converged` requires the Newton step |f' / f''| in log T to be <= tol. Scale-aware:
+        it does not depend on the size of the NLL, the logits or N.
       bounds: (lowest, highest) temperature, 0 < lowest < highest < inf; default (1e-2, 1e2).
 
     Returns:
@@ -229,88 +243,3 @@ def fit_temperature(
     logits, labels = _checks.check_scores_labels(logits, labels, from_logits=True, name="logits")
     lo, hi = (jnp.asarray(b, logits.dtype) for b in bounds)
     return _fit_temperature(logits, labels, max_iter, jnp.asarray(tol, logits.dtype), lo, hi)
-
-
-@partial(jax.jit, static_argnames=("num_bins", "binary", "closed", "norm", "binning", "batch_size"))
-def _temperature_sweep(
-    logits, labels, temperatures, num_bins, binary, closed, norm, binning, batch_size
-):
-    def at(temperature):
-        scaled = logits / temperature
-        confidence, target = _confidence_and_target(scaled, labels, from_logits=True, binary=binary)
-        edges = _edges(confidence, num_bins, binning)
-        bins = _bin_statistics(confidence, target, edges, closed=closed)
-        return (
-            _calibration_error(bins, norm),
-            _nll(scaled, labels, True),
-            _brier_score(scaled, labels, True),
-            bins,
-        )
-
-    # Pad to whole chunks with the last temperature (one compiled loop body), then drop them.
-    num_temperatures = temperatures.shape[0]
-    padded = -(-num_temperatures // batch_size) * batch_size
-    chunks = jnp.pad(temperatures, (0, padded - num_temperatures), mode="edge")
-    results = jax.lax.map(at, chunks, batch_size=batch_size)
-    ece, nll, brier, bins = jax.tree.map(lambda x: x[:num_temperatures], results)
-    accuracy = jnp.broadcast_to(_accuracy(logits, labels, True), temperatures.shape)
-    return TemperatureSweep(temperatures, ece, nll, brier, accuracy, bins)
-
-
-def temperature_sweep(
-    logits: jax.typing.ArrayLike,
-    labels: jax.typing.ArrayLike,
-    temperatures: jax.typing.ArrayLike,
-    *,
-    num_bins: int = 15,
-    binary: str = "positive",
-    closed: str = "left",
-    norm: str = "l1",
-    binning: str = "uniform",
-    batch_size: int | None = None,
-) -> TemperatureSweep:
-    """Calibration metrics of `logits / T` for every temperature T, in one compiled call.
-
-    Temperatures are evaluated in vmapped chunks with `lax.map(..., batch_size=k)`, so memory
-    is O(k * N * K): 1,000 temperatures x 1,000,000 binary samples run in ~11 s at ~0.4 GB RSS
-    on a 2-core CPU. Entry t equals `ece(logits / temperatures[t], labels, ...)` (and likewise
-    `nll`, `brier_score`).
-
-    Args:
-      logits: [N] binary or [N, K] multiclass logits.
-      labels: [N] int labels.
-      temperatures: [T] temperatures > 0 (e.g. `jnp.geomspace(0.25, 4.0, 1000)`).
-      num_bins, binary, closed, norm, binning: as in `ece` (quantile edges are recomputed for
-        every temperature, which costs a sort per temperature).
-      batch_size: temperatures per vmapped chunk; default: as many as keep a chunk at
-        `SWEEP_CHUNK_ELEMENTS` (2^16) samples x classes.
-
-    Returns:
-      TemperatureSweep with [T] metrics, `.bins` (leading [T] axis) and `.best_index`
-      (lowest NLL).
-
-    Raises:
-      ValueError / TypeError: bad shapes or options; eagerly also non-finite logits, labels
-        out of range, or non-positive temperatures.
-    """
-    _checks.check_option("binary", binary, BINARY_MODES)
-    _checks.check_option("closed", closed, CLOSED_RULES)
-    _checks.check_option("binning", binning, BINNINGS)
-    _checks.check_option("norm", norm, NORMS)
-    num_bins = _checks.check_positive_int("num_bins", num_bins)
-    logits, labels = _checks.check_scores_labels(logits, labels, from_logits=True, name="logits")
-    temperatures = _checks.as_float_array("temperatures", temperatures)
-    if temperatures.ndim != 1 or temperatures.shape[0] == 0:
-        raise ValueError(f"temperatures must have shape [T] with T >= 1, got {temperatures.shape}")
-    _checks.check_finite("temperatures", temperatures)
-    if _checks.is_concrete(temperatures) and float(jnp.min(temperatures)) <= 0.0:
-        raise ValueError(f"temperatures must be > 0, got min {float(jnp.min(temperatures))}")
-    num_temperatures = temperatures.shape[0]
-    if batch_size is None:
-        per_temperature = logits.size
-        batch_size = max(1, min(num_temperatures, SWEEP_CHUNK_ELEMENTS // per_temperature))
-    else:
-        batch_size = min(_checks.check_positive_int("batch_size", batch_size), num_temperatures)
-    return _temperature_sweep(
-        logits, labels, temperatures, num_bins, binary, closed, norm, binning, batch_size
-    )

@@ -1,0 +1,347 @@
+"""Calibration metrics of `logits / T` at many temperatures T in one compiled call."""
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcal.calibration import _checks
+from jaxcal.calibration.metrics import (
+    BINARY_MODES,
+    BINNINGS,
+    CLOSED_RULES,
+    NORMS,
+    ReliabilityBins,
+    _accuracy,
+    _brier_score,
+    _calibration_error,
+    _confidence_and_target,
+    _edges,
+    _nll,
+)
+
+# Array elements per chunk of temperatures whose bins are computed together (amortises the
+# per-step overhead of the bisections; bounds memory by O(chunk x num_bins)).
+SWEEP_CHUNK_ELEMENTS = 1 << 20
+# Samples x temperatures per fused pass over binary samples: passes that stay in a core's cache.
+# Measured on a 2-core CPU at 10,000 samples: 4-32 temperatures per pass run alike, 1 is 3x slower.
+PASS_CHUNK_ELEMENTS = 1 << 17
+
+
+class TemperatureSweep(NamedTuple):
+    """Result of `temperature_sweep`: every metric at every temperature, [T] along axis 0.
+
+    Attributes:
+      temperatures: [T] the temperatures evaluated.
+      ece: [T] calibration error of logits / T (norm as requested).
+      nll: [T] mean NLL of logits / T.
+      brier: [T] Brier score of logits / T.
+      accuracy: [T] accuracy (does not depend on T > 0).
+      bins: ReliabilityBins with a leading [T] axis: every temperature's reliability curve.
+    """
+
+    temperatures: jax.Array
+    ece: jax.Array
+    nll: jax.Array
+    brier: jax.Array
+    accuracy: jax.Array
+    bins: ReliabilityBins
+
+    @property
+    def best_index(self) -> jax.Array:
+        """Index of the temperature with the lowest NLL."""
+        return jnp.argmin(self.nll)
+
+    @property
+    def best_temperature(self) -> jax.Array:
+        """The temperature with the lowest NLL."""
+        return self.temperatures[self.best_index]
+
+
+def _sweep_bins(edges, counts, confidence_sum, target_sum) -> ReliabilityBins:
+    """The sweep's per-bin sums as ReliabilityBins (the one place both paths build them)."""
+    dtype = confidence_sum.dtype
+    return ReliabilityBins(
+        edges=edges,
+        counts=counts.astype(jnp.int32),
+        confidence_sum=confidence_sum,
+        target_sum=target_sum.astype(dtype),
+    )
+
+
+class _SortedBinary(NamedTuple):
+    """Binary logits ordered by the key that orders every temperature's confidences.
+
+    Attributes:
+      logits: [M] logits sorted by their key (the logit for binary="positive", |logit| for
+        "top_label"), padded with +inf to M = blocks x block > N (padding enters no bin, no
+        NLL and no Brier score).
+      labels: [M] int8 labels in the same order (1 for the padding).
+      correct: [N + 1] int32 prefix sums of the targets at T = 1 (label, or prediction correct).
+      negatives: [N + 1] int32 prefix sums of labels == 0: the top-label targets of logits that
+        underflow to 0 at a large T (then predicted negative).
+    """
+
+    logits: jax.Array
+    labels: jax.Array
+    correct: jax.Array
+    negatives: jax.Array
+
+
+def _block_size(num_samples: int, num_bins: int) -> int:
+    """Samples per block: balances block totals (N / b) against partial blocks (B x b)."""
+    return int(2 ** np.clip(np.round(np.log2(max(num_samples / (num_bins + 1), 1)) / 2), 0, 10))
+
+
+def _sort_binary(logits, labels, order, binary: str, block: int) -> _SortedBinary:
+    """Sorts the samples by `order` (argsort of their keys) and pads them to whole blocks."""
+    n = logits.shape[0]
+    logits, labels = logits[order], labels[order]
+    target = labels if binary == "positive" else ((logits > 0) == (labels == 1))
+    pad = (n // block + 1) * block - n
+
+    def prefix(x):
+        return jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(x, dtype=jnp.int32)])
+
+    return _SortedBinary(
+        logits=jnp.pad(logits, (0, pad), constant_values=jnp.inf),
+        labels=jnp.pad(labels.astype(jnp.int8), (0, pad), constant_values=1),
+        correct=prefix(target),
+        negatives=prefix(labels == 0),
+    )
+
+
+def _keys(logits, binary: str):
+    """The sort key of binary logits: sigmoid(key / T) is the confidence at every T > 0."""
+    return logits if binary == "positive" else jnp.abs(logits)
+
+
+def _sigmoid(x):
+    """jax.nn.sigmoid's own formula (bit-identical), so bins match `ece(logits / T)`."""
+    return 1.0 / (1.0 + jnp.exp(-x))
+
+
+def _lower_bound(is_below, num_samples: int, shape: tuple[int, ...]) -> jax.Array:
+    """[shape] int32 first index i in [0, N] where `is_below(i)` is False, by bisection.
+
+    `is_below(i)` maps an int32 index array of `shape` to a bool array; it must be True on a
+    prefix of [0, N) and False after it (a sorted order), so ceil(log2(N + 1)) probes suffice.
+    """
+    lo = jnp.zeros(shape, jnp.int32)
+    hi = jnp.full(shape, num_samples, jnp.int32)
+    for _ in range(int(np.ceil(np.log2(num_samples + 1)))):
+        mid = (lo + hi) // 2
+        active, below = lo < hi, is_below(mid)
+        lo, hi = jnp.where(active & below, mid + 1, lo), jnp.where(active & ~below, mid, hi)
+    return lo
+
+
+def _quantile_edges(keys, temperature, num_bins: int, num_samples: int):
+    """[B + 1] edges of `_edges(..., "quantile")` (jnp.quantile, linear) from sorted keys."""
+    q = jnp.linspace(0.0, 1.0, num_bins + 1, dtype=keys.dtype) * (num_samples - 1)
+    low, high = jnp.floor(q), jnp.ceil(q)
+    high_weight = q - low
+    low_value = _sigmoid(keys[low.astype(jnp.int32)] / temperature)
+    high_value = _sigmoid(keys[high.astype(jnp.int32)] / temperature)
+    edges = low_value * (1.0 - high_weight) + high_value * high_weight
+    return edges.at[0].set(0.0).at[-1].set(1.0)
+
+
+def _binary_totals(data: _SortedBinary, temperature, *, binary: str, block: int):
+    """One fused pass over the samples at one temperature: one exp, one log1p per sample.
+
+    Returns:
+      [blocks] confidence sum of each block, the NLL sum and the Brier sum (padding adds 0).
+    """
+    scaled = data.logits / temperature
+    magnitude = jnp.abs(scaled)
+    u = jnp.exp(-magnitude)
+    above = 1.0 / (1.0 + u)  # sigmoid(|logit / T|); sigmoid(-|x|) = u sigmoid(|x|)
+    negative = data.logits < 0
+    p_positive = jnp.where(negative, u * above, above)
+    confidence = p_positive if binary == "positive" else above
+    positive_label = data.labels == 1
+    wrong_side = jnp.where(positive_label, negative, data.logits > 0)
+    nll = jnp.where(wrong_side, magnitude, 0.0) + jnp.log1p(u)
+    brier = jnp.where(positive_label, 1.0 - p_positive, p_positive) ** 2
+    return jnp.sum(confidence.reshape(-1, block), axis=-1), jnp.sum(nll), jnp.sum(brier)
+
+
+def _binary_bins(data: _SortedBinary, temperature, totals, *, num_bins, binary, closed, binning):
+    """ReliabilityBins of one temperature from the sorted keys and the block totals.
+
+    Bins are contiguous runs of the sorted order. Their bounds are bisection counts on the exact
+    confidences (`_sigmoid`, as `ece` computes them); counts and target sums are differences of
+    integer prefix sums; confidence sums add whole block totals (a segment sum over blocks) and
+    the partial blocks at the bounds. Nothing of size N x B is formed.
+    """
+    n = data.correct.shape[0] - 1
+    keys = _keys(data.logits, binary)
+    block = keys.shape[0] // totals.shape[0]
+
+    def confidence_at(i):
+        return _sigmoid(keys[i] / temperature)
+
+    if binning == "uniform":
+        edges = jnp.asarray(np.arange(num_bins + 1) / num_bins, totals.dtype)
+    else:
+        edges = _quantile_edges(keys, temperature, num_bins, n)
+    inner = edges[1:-1]
+    if closed == "left":
+        cuts = _lower_bound(lambda i: confidence_at(i) < inner, n, inner.shape)
+    else:
+        cuts = _lower_bound(lambda i: confidence_at(i) <= inner, n, inner.shape)
+    bounds = jnp.concatenate([jnp.zeros(1, jnp.int32), cuts, jnp.full(1, n, jnp.int32)])
+
+    # Confidence sum of samples [0, bound) = whole blocks before it + its partial block.
+    rows = _sigmoid(keys.reshape(-1, block)[bounds // block] / temperature)
+    in_part = jnp.arange(block) < (bounds % block)[:, None]
+    partial_sums = jnp.sum(jnp.where(in_part, rows, 0.0), axis=-1)
+    num_blocks = totals.shape[0]
+    block_bin = jnp.cumsum(jnp.zeros(num_blocks, jnp.int32).at[cuts // block].add(1))
+    whole = jnp.where(jnp.arange(num_blocks) < n // block, totals, 0.0)
+    block_sums = jax.ops.segment_sum(whole, block_bin, num_bins, indices_are_sorted=True)
+    confidence_sum = block_sums + partial_sums[1:] - partial_sums[:-1]
+
+    if binary == "top_label":
+        zero = _lower_bound(lambda i: keys[i] / temperature <= 0.0, n, ())
+        before = jnp.minimum(bounds, zero)
+        targets = data.negatives[before] + data.correct[bounds] - data.correct[before]
+    else:
+        targets = data.correct[bounds]
+    return _sweep_bins(edges, jnp.diff(bounds), confidence_sum, jnp.diff(targets))
+
+
+def _binary_chunk(data: _SortedBinary, temperatures, *, inner_batch, block, **options):
+    """[C] temperatures: fused sample passes `inner_batch` at a time, then all their bins."""
+    n = data.correct.shape[0] - 1
+    totals, nll, brier = jax.lax.map(
+        partial(_binary_totals, data, binary=options["binary"], block=block),
+        temperatures,
+        batch_size=inner_batch,
+    )
+    bins = jax.vmap(partial(_binary_bins, data, **options))(temperatures, totals)
+    return bins, nll / n, brier / n
+
+
+def _multiclass_at(logits, labels, temperature, *, num_bins, binary, closed, binning):
+    """Per-bin sums, NLL and Brier score of one temperature, binned sample by sample.
+
+    The fallback for [N, K] logits (their top-label order changes with T): the bin of each
+    sample by bisection over the edges (O(N log B), never N x B), sums by `segment_sum`.
+    """
+    scaled = logits / temperature
+    confidence, target = _confidence_and_target(scaled, labels, from_logits=True, binary=binary)
+    edges = _edges(confidence, num_bins, binning)
+    side = "right" if closed == "left" else "left"
+    index = jnp.searchsorted(edges[1:-1], confidence, side=side, method="scan")
+    counts = jax.ops.segment_sum(jnp.ones(index.shape, jnp.int32), index, num_bins)
+    confidence_sum = jax.ops.segment_sum(confidence, index, num_bins)
+    target_sum = jax.ops.segment_sum(target, index, num_bins)
+    bins = _sweep_bins(edges, counts, confidence_sum, target_sum)
+    return bins, _nll(scaled, labels, True), _brier_score(scaled, labels, True)
+
+
+def _elements_per_temperature(shape: tuple[int, ...], num_bins: int) -> int:
+    """Array elements one temperature of a chunk holds at once (bins, blocks; [N, K] samples)."""
+    n = shape[0]
+    if len(shape) == 1:
+        block = _block_size(n, num_bins)
+        return (num_bins + 1) * (block + 8) + n // block + 1
+    return 4 * n * shape[1] + 8 * num_bins
+
+
+@partial(jax.jit, static_argnames=("num_bins", "binary", "closed", "norm", "binning", "batch_size"))
+def _temperature_sweep(
+    logits, labels, temperatures, order, num_bins, binary, closed, norm, binning, batch_size
+):
+    options = {"num_bins": num_bins, "binary": binary, "closed": closed, "binning": binning}
+    if logits.ndim == 1:
+        block = _block_size(logits.shape[0], num_bins)
+        if order is None:
+            order = jnp.argsort(_keys(logits, binary))
+        data = _sort_binary(logits, labels, order, binary, block)
+        inner = max(1, min(batch_size, PASS_CHUNK_ELEMENTS // data.logits.shape[0]))
+        chunk = partial(_binary_chunk, data, inner_batch=inner, block=block, **options)
+    else:
+        chunk = jax.vmap(partial(_multiclass_at, logits, labels, **options))
+    # Pad to whole chunks with the last temperature (one compiled loop body), then drop them.
+    num_temperatures = temperatures.shape[0]
+    padded = -(-num_temperatures // batch_size) * batch_size
+    chunks = jnp.pad(temperatures, (0, padded - num_temperatures), mode="edge")
+    results = jax.lax.map(chunk, chunks.reshape(-1, batch_size))
+    bins, nll, brier = jax.tree.map(
+        lambda x: x.reshape(padded, *x.shape[2:])[:num_temperatures], results
+    )
+    accuracy = jnp.broadcast_to(_accuracy(logits, labels, True), temperatures.shape)
+    return TemperatureSweep(
+        temperatures, _calibration_error(bins, norm), nll, brier, accuracy, bins
+    )
+
+
+def temperature_sweep(
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    temperatures: jax.typing.ArrayLike,
+    *,
+    num_bins: int = 15,
+    binary: str = "positive",
+    closed: str = "left",
+    norm: str = "l1",
+    binning: str = "uniform",
+    batch_size: int | None = None,
+) -> TemperatureSweep:
+    """Calibration metrics of `logits / T` for every temperature T, in one compiled call.
+
+    Entry t equals `ece(logits / temperatures[t], labels, ...)` (same bins, same samples in
+    each; likewise `nll`, `brier_score`). Binary [N] logits are sorted once: sigmoid is
+    monotonic, so every temperature's bins are contiguous runs of that order, found by
+    bisection; counts and target sums come from integer prefix sums, and one fused pass per
+    temperature gives the confidence sums, NLL and Brier score (uniform and quantile bins
+    alike). [N, K] logits are binned sample by sample at each temperature. Memory is
+    O(chunk x N x K + chunk x num_bins); no N x num_bins array is ever formed.
+
+    Args:
+      logits: [N] binary or [N, K] multiclass logits.
+      labels: [N] int labels.
+      temperatures: [T] temperatures > 0 (e.g. `jnp.geomspace(0.25, 4.0, 1000)`).
+      num_bins, binary, closed, norm, binning: as in `ece`.
+      batch_size: temperatures per vmapped chunk; default: as many as keep a chunk near
+        `SWEEP_CHUNK_ELEMENTS` (2^18) array elements, counting samples, classes and bins.
+
+    Returns:
+      TemperatureSweep with [T] metrics, `.bins` (leading [T] axis) and `.best_index`
+      (lowest NLL).
+
+    Raises:
+      ValueError / TypeError: bad shapes or options; eagerly also non-finite logits, labels
+        out of range, or non-positive temperatures.
+    """
+    _checks.check_option("binary", binary, BINARY_MODES)
+    _checks.check_option("closed", closed, CLOSED_RULES)
+    _checks.check_option("binning", binning, BINNINGS)
+    _checks.check_option("norm", norm, NORMS)
+    num_bins = _checks.check_positive_int("num_bins", num_bins)
+    logits, labels = _checks.check_scores_labels(logits, labels, from_logits=True, name="logits")
+    temperatures = _checks.as_float_array("temperatures", temperatures)
+    if temperatures.ndim != 1 or temperatures.shape[0] == 0:
+        raise ValueError(f"temperatures must have shape [T] with T >= 1, got {temperatures.shape}")
+    _checks.check_finite("temperatures", temperatures)
+    if _checks.is_concrete(temperatures) and np.min(np.asarray(temperatures)) <= 0.0:
+        raise ValueError(f"temperatures must be > 0, got min {np.min(np.asarray(temperatures))}")
+    num_temperatures = temperatures.shape[0]
+    if batch_size is None:
+        per_temperature = _elements_per_temperature(logits.shape, num_bins)
+        batch_size = max(1, min(num_temperatures, SWEEP_CHUNK_ELEMENTS // per_temperature))
+    else:
+        batch_size = min(_checks.check_positive_int("batch_size", batch_size), num_temperatures)
+    order = None
+    if logits.ndim == 1 and _checks.is_concrete(logits):
+        # The one sort, on the host: numpy's stable argsort is ~10x faster than XLA:CPU's
+        # (1e6 logits: 0.12 s vs 1.7 s) and gives the same order as jnp.argsort under jit.
+        order = np.argsort(np.asarray(_keys(logits, binary)), kind="stable").astype(np.int32)
+    return _temperature_sweep(
+        logits, labels, temperatures, order, num_bins, binary, closed, norm, binning, batch_size
+    )
