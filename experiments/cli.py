@@ -11,7 +11,7 @@ from typing import Any
 
 import jax
 
-from jaxcal import data, models, plotting, train
+from jaxcal import compile_cache, data, models, plotting, train
 
 WEIGHTS_HELP = (
     "ResNet18 ImageNet weights: a torchvision state_dict (.pth, needs torch) or the .npz that "
@@ -23,7 +23,12 @@ LOSS_WINDOW = 60
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> None:
-    """Adds --data, --data-dir, --epochs, --batch-size, --seed, --out, --quick, --resume."""
+    """Adds --data, --data-dir, --epochs, --batch-size, --seed, --out, --quick, --resume.
+
+    Also turns on JAX's persistent compilation cache (`jaxcal.compile_cache`; the folder is
+    `$JAXCAL_COMPILATION_CACHE`, default `~/.cache/jaxcal/jax`), so reruns skip compiling.
+    """
+    compile_cache.enable_compilation_cache()
     parser.add_argument(
         "--data",
         choices=data.SOURCES,
