@@ -244,27 +244,102 @@ def bench_lenet_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dic
     )
 
 
+def mlp_gemm_floor_runner(widths: tuple[int, ...], batch_size: int, seed: int = 0):
+    """The matmuls of one MLP train step alone, in one jitted call: the step's GEMM floor.
+
+    For layers `widths[i] -> widths[i + 1]` at batch B: every forward product a_i @ W_i, every
+    weight gradient a_i^T @ g_i and every input gradient g_i @ W_i^T except the first layer's
+    (the step never needs the gradient of its input). No bias, activation, loss or update.
+
+    Args:
+        widths: layer widths, e.g. (784, 512, 512, 10).
+        batch_size: B.
+        seed: seeds the random operands.
+
+    Returns:
+        A zero-argument callable running the products once and waiting for them.
+    """
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape: int) -> jax.Array:
+        return jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
+
+    pairs = list(zip(widths[:-1], widths[1:], strict=True))
+    kernels = [normal(a, b) for a, b in pairs]
+    inputs = [normal(batch_size, a) for a, _ in pairs]
+    output_grads = [normal(batch_size, b) for _, b in pairs]
+
+    @jax.jit
+    def products(kernels, inputs, output_grads):
+        forward = [a @ w for a, w in zip(inputs, kernels, strict=True)]
+        weight_grads = [a.T @ g for a, g in zip(inputs, output_grads, strict=True)]
+        input_grads = [g @ w.T for g, w in zip(output_grads[1:], kernels[1:], strict=True)]
+        return forward, weight_grads, input_grads
+
+    def run():
+        return jax.block_until_ready(products(kernels, inputs, output_grads))
+
+    return run
+
+
+def mlp_nnx_jit_runner(model: MLP, config: train.TrainConfig, seed: int = 0):
+    """The same step through `nnx.jit` on the model and an `nnx.Optimizer` (graph traversal
+    on every call), for REFERENCE's "split + jax.jit vs nnx.jit" question; the batch is a
+    float32 array already on the device."""
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.random((config.batch_size, 28, 28, 1), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, model.num_classes, config.batch_size).astype(np.int32))
+    optimizer = nnx.Optimizer(model, train.make_optimizer(config), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        def loss_fn(model):
+            return train.per_example_loss(model(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    return lambda: step(model, optimizer, x, y).block_until_ready()
+
+
 def bench_mlp_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
-    """MLP 784-512-512-10 step, batch 64, SGD 0.01: jaxcal's train step vs torch eager."""
+    """MLP 784-512-512-10 step, batch 64, SGD 0.01: jaxcal's train step vs torch eager.
+
+    Rows, all timed interleaved: jaxcal's step, the same step through `nnx.jit`, and the
+    step's matmuls alone (its GEMM floor; `floor_ratio` = step / floor).
+    """
     config = train.TrainConfig(batch_size=64, optimizer="sgd", learning_rate=0.01)
-    jaxcal_run = jaxcal_step_runner(
-        MLP(rngs=nnx.Rngs(0)), config, transforms.make_preprocess(), (28, 28, 1), 10
+    model = MLP(rngs=nnx.Rngs(0))
+    widths = (
+        model.in_features,
+        *(layer.out_features for layer in model.hidden),
+        model.head.out_features,
     )
+    variants = {
+        "jaxcal MLP": jaxcal_step_runner(
+            model, config, transforms.make_preprocess(), (28, 28, 1), 10
+        ),
+        "same step via nnx.jit + nnx.Optimizer": mlp_nnx_jit_runner(
+            MLP(rngs=nnx.Rngs(0)), config
+        ),
+        "GEMM floor: the step's 8 matmuls alone (forward, weight and input gradients)": (
+            mlp_gemm_floor_runner(widths, config.batch_size)
+        ),
+    }
     reference = None if torch_ref is None else torch_ref.mlp_step(64)
-    ours, theirs, first, first_ref = _compare(
-        jaxcal_run, reference, repeats=cfg.repeats, number=cfg.step_number
+    rows = _rows_against_reference(
+        "mlp_step",
+        variants,
+        "torch eager, notebook MultiLayerNN",
+        reference,
+        repeats=cfg.repeats,
+        number=cfg.step_number,
     )
-    return [
-        _row(
-            "mlp_step",
-            "jaxcal MLP",
-            ours,
-            None if reference is None else "torch eager, notebook MultiLayerNN",
-            theirs,
-            jaxcal_first_call_ms=round(first, 1),
-            reference_first_call_ms=None if first_ref is None else round(first_ref, 1),
-        )
-    ]
+    floor_ms = rows[-1]["jaxcal_ms"]
+    for row in rows[:-1]:
+        row["floor_ratio"] = round(row["jaxcal_ms"] / floor_ms, 3)
+    return rows
 
 
 def bench_resnet18_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:

@@ -112,6 +112,22 @@ def test_switching_lenet_convolutions_keeps_weights_and_outputs():
     np.testing.assert_allclose(model(x), switched(x), atol=1e-5)
 
 
+def test_mlp_gemm_floor_computes_the_steps_products():
+    widths, batch = (6, 5, 3), 4
+    products = step_times.mlp_gemm_floor_runner(widths, batch, seed=1)()
+    forward, weight_grads, input_grads = products
+    assert [a.shape for a in forward] == [(batch, 5), (batch, 3)]
+    assert [g.shape for g in weight_grads] == [(6, 5), (5, 3)]  # one per kernel
+    assert [g.shape for g in input_grads] == [(batch, 5)]  # none for the step's input
+    rng = np.random.default_rng(1)  # the runner's operands, drawn in the same order
+    k1, k2 = (rng.standard_normal(s, dtype=np.float32) for s in ((6, 5), (5, 3)))
+    a1, a2 = (rng.standard_normal(s, dtype=np.float32) for s in ((batch, 6), (batch, 5)))
+    g1, g2 = (rng.standard_normal(s, dtype=np.float32) for s in ((batch, 5), (batch, 3)))
+    np.testing.assert_allclose(forward[1], a2 @ k2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(weight_grads[0], a1.T @ g1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(input_grads[0], g2 @ k2.T, rtol=1e-5, atol=1e-5)
+
+
 def test_torch_missing_is_reported_not_fatal(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     monkeypatch.delitem(sys.modules, "benchmarks.torch_reference", raising=False)
