@@ -320,9 +320,7 @@ def bench_mlp_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[
         "jaxcal MLP": jaxcal_step_runner(
             model, config, transforms.make_preprocess(), (28, 28, 1), 10
         ),
-        "same step via nnx.jit + nnx.Optimizer": mlp_nnx_jit_runner(
-            MLP(rngs=nnx.Rngs(0)), config
-        ),
+        "same step via nnx.jit + nnx.Optimizer": mlp_nnx_jit_runner(MLP(rngs=nnx.Rngs(0)), config),
         "GEMM floor: the step's 8 matmuls alone (forward, weight and input gradients)": (
             mlp_gemm_floor_runner(widths, config.batch_size)
         ),
