@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from jaxcal import checkpoint
+from jaxcal.models import conv
 
 Preprocess = Callable[[jax.Array, "jax.Array | None"], jax.Array]
 """`preprocess(images [B, H, W, C], key or None) -> float32 [B, H', W', C']`, run inside jit.
@@ -58,8 +59,9 @@ class TrainConfig:
       seed: seeds the per-epoch permutations, augmentation and dropout.
       eval_batch_size: batch size for validation.
       steps_per_call: training steps fused into one jitted call with `lax.scan`. None picks
-        per backend: 1 on CPU (XLA:CPU compiles convolution gradients inside loops into slow
-        kernels), 8 on GPU/TPU (fewer dispatches).
+        per backend and model (`jaxcal.models.conv.steps_per_call_for`): 8, except 1 on CPU
+        for models with XLA convolutions (XLA:CPU compiles their gradients inside loops into
+        slow kernels).
       max_to_keep: how many latest epoch checkpoints to keep (the best one is kept besides).
     """
 
@@ -726,7 +728,8 @@ def _run_epochs(
     num_train = int(images.shape[0])
     steps_per_epoch = history.steps_per_epoch
     platform = mesh.devices.flat[0].platform
-    fused = config.steps_per_call or (1 if platform == "cpu" else 8)
+    model = nnx.merge(graphdef, state.params, state.rngs, state.rest)
+    fused = config.steps_per_call or conv.steps_per_call_for(model, platform)
     fused = min(fused, steps_per_epoch)
     calls, remainder = divmod(steps_per_epoch, fused)
     train_step = make_train_step(graphdef, config, preprocess, steps_per_call=fused, mesh=mesh)
