@@ -114,18 +114,23 @@ def test_switching_lenet_convolutions_keeps_weights_and_outputs():
 
 def test_mlp_gemm_floor_computes_the_steps_products():
     widths, batch = (6, 5, 3), 4
-    products = step_times.mlp_gemm_floor_runner(widths, batch, seed=1)()
-    forward, weight_grads, input_grads = products
+    forward, weight_grads, input_grads = step_times.mlp_gemm_floor_runner(widths, batch, 1)()
     assert [a.shape for a in forward] == [(batch, 5), (batch, 3)]
     assert [g.shape for g in weight_grads] == [(6, 5), (5, 3)]  # one per kernel
     assert [g.shape for g in input_grads] == [(batch, 5)]  # none for the step's input
     rng = np.random.default_rng(1)  # the runner's operands, drawn in the same order
-    k1, k2 = (rng.standard_normal(s, dtype=np.float32) for s in ((6, 5), (5, 3)))
-    a1, a2 = (rng.standard_normal(s, dtype=np.float32) for s in ((batch, 6), (batch, 5)))
-    g1, g2 = (rng.standard_normal(s, dtype=np.float32) for s in ((batch, 5), (batch, 3)))
-    np.testing.assert_allclose(forward[1], a2 @ k2, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(weight_grads[0], a1.T @ g1, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(input_grads[0], g2 @ k2.T, rtol=1e-5, atol=1e-5)
+    x = rng.standard_normal((batch, 6), dtype=np.float32)
+    k1 = rng.standard_normal((6, 5), dtype=np.float32) / np.sqrt(6)
+    k2 = rng.standard_normal((5, 3), dtype=np.float32) / np.sqrt(5)
+    a1 = x @ k1
+    out = a1 @ k2
+    g1 = out @ k2.T  # backward from the output, as the step's chain runs
+    for ours, expected in zip(
+        (*forward, *weight_grads, *input_grads),
+        (a1, out, x.T @ g1, a1.T @ out, g1),
+        strict=True,
+    ):
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_torch_missing_is_reported_not_fatal(monkeypatch):
