@@ -27,7 +27,7 @@ from benchmarks.timing import first_call_ms, machine_info, median, time_interlea
 from jaxcal import calibration, train
 from jaxcal.data import transforms
 from jaxcal.models import MLP, LeNet5, ResNet18
-from jaxcal.models.conv import PatchConv
+from jaxcal.models.conv import PatchConv, steps_per_call_for
 
 REQUIRED_KEYS = ("task", "jaxcal_ms", "reference", "reference_ms", "speedup")
 
@@ -245,27 +245,106 @@ def bench_lenet_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dic
     )
 
 
-def bench_mlp_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
-    """MLP 784-512-512-10 step, batch 64, SGD 0.01: jaxcal's train step vs torch eager."""
-    config = train.TrainConfig(batch_size=64, optimizer="sgd", learning_rate=0.01)
-    jaxcal_run = jaxcal_step_runner(
-        MLP(rngs=nnx.Rngs(0)), config, transforms.make_preprocess(), (28, 28, 1), 10
-    )
-    reference = None if torch_ref is None else torch_ref.mlp_step(64)
-    ours, theirs, first, first_ref = _compare(
-        jaxcal_run, reference, repeats=cfg.repeats, number=cfg.step_number
-    )
-    return [
-        _row(
-            "mlp_step",
-            "jaxcal MLP",
-            ours,
-            None if reference is None else "torch eager, notebook MultiLayerNN",
-            theirs,
-            jaxcal_first_call_ms=round(first, 1),
-            reference_first_call_ms=None if first_ref is None else round(first_ref, 1),
-        )
+def mlp_gemm_floor_runner(widths: tuple[int, ...], batch_size: int, seed: int = 0):
+    """The matmuls of one MLP train step alone, in one jitted call: the step's GEMM floor.
+
+    For layers `widths[i] -> widths[i + 1]` at batch B, with the step's data dependencies:
+    the forward chain a_{i+1} = a_i @ W_i, then backward from g = the last output, every
+    weight gradient a_i^T @ g_i and every input gradient g_{i-1} = g_i @ W_i^T except the
+    first layer's (the step never needs the gradient of its input). No bias, activation, loss
+    or update. The chain matters: independent products would run side by side on the cores,
+    which the step's products cannot.
+
+    Args:
+        widths: layer widths, e.g. (784, 512, 512, 10).
+        batch_size: B.
+        seed: seeds the random operands.
+
+    Returns:
+        A zero-argument callable that runs the products once, waits for them and returns
+        (forward outputs [B, widths[i + 1]], weight gradients [widths[i], widths[i + 1]],
+        input gradients [B, widths[i]] for i >= 1), each a list in layer order.
+    """
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((batch_size, widths[0]), dtype=np.float32))
+    kernels = [
+        jnp.asarray(rng.standard_normal((a, b), dtype=np.float32) / np.sqrt(a))
+        for a, b in zip(widths[:-1], widths[1:], strict=True)
     ]
+
+    @jax.jit
+    def products(x, kernels):
+        activations = [x]
+        for w in kernels:
+            activations.append(activations[-1] @ w)
+        g = activations[-1]
+        weight_grads, input_grads = [], []
+        for i in reversed(range(len(kernels))):
+            weight_grads.append(activations[i].T @ g)
+            if i:
+                g = g @ kernels[i].T
+                input_grads.append(g)
+        return activations[1:], weight_grads[::-1], input_grads[::-1]
+
+    return lambda: jax.block_until_ready(products(x, kernels))
+
+
+def mlp_nnx_jit_runner(model: MLP, config: train.TrainConfig, seed: int = 0):
+    """The same step through `nnx.jit` on the model and an `nnx.Optimizer` (graph traversal
+    on every call), for REFERENCE's "split + jax.jit vs nnx.jit" question; the batch is a
+    float32 array already on the device."""
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.random((config.batch_size, 28, 28, 1), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, model.num_classes, config.batch_size).astype(np.int32))
+    optimizer = nnx.Optimizer(model, train.make_optimizer(config), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        def loss_fn(model):
+            return train.per_example_loss(model(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    return lambda: step(model, optimizer, x, y).block_until_ready()
+
+
+def bench_mlp_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
+    """MLP 784-512-512-10 step, batch 64, SGD 0.01: jaxcal's train step vs torch eager.
+
+    Rows, all timed interleaved: jaxcal's step, the same step through `nnx.jit`, and the
+    step's matmuls alone (its GEMM floor; `floor_ratio` = step / floor).
+    """
+    config = train.TrainConfig(batch_size=64, optimizer="sgd", learning_rate=0.01)
+    model = MLP(rngs=nnx.Rngs(0))
+    widths = (
+        model.in_features,
+        *(layer.out_features for layer in model.hidden),
+        model.head.out_features,
+    )
+    variants = {
+        "jaxcal MLP": jaxcal_step_runner(
+            model, config, transforms.make_preprocess(), (28, 28, 1), 10
+        ),
+        "same step via nnx.jit + nnx.Optimizer": mlp_nnx_jit_runner(MLP(rngs=nnx.Rngs(0)), config),
+        "GEMM floor: the step's 8 matmuls alone, chained as in the step": (
+            mlp_gemm_floor_runner(widths, config.batch_size)
+        ),
+    }
+    reference = None if torch_ref is None else torch_ref.mlp_step(64)
+    rows = _rows_against_reference(
+        "mlp_step",
+        variants,
+        "torch eager, notebook MultiLayerNN",
+        reference,
+        repeats=cfg.repeats,
+        number=cfg.step_number,
+    )
+    floor_ms = rows[-1]["jaxcal_ms"]
+    for row in rows[:-1]:
+        row["floor_ratio"] = round(row["jaxcal_ms"] / floor_ms, 3)
+    return rows
 
 
 def bench_resnet18_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
@@ -333,13 +412,16 @@ def bench_lenet_epoch(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[di
         return epoch
 
     model = LeNet5.birdcat(rngs=nnx.Rngs(0))
-    fused = dataclasses.replace(config, steps_per_call=8)
+    fused = steps_per_call_for(model)
+    unfused = dataclasses.replace(config, steps_per_call=1)
     variants = {
-        f"jaxcal LeNet5 ({_lowering(model)}), train.fit": epoch_of(model),
-        "same, steps_per_call=8 (lax.scan)": epoch_of(LeNet5.birdcat(rngs=nnx.Rngs(0)), fused),
+        f"jaxcal LeNet5 ({_lowering(model)}), train.fit, {fused} steps per call": epoch_of(model),
+        "same, 1 step per call": epoch_of(LeNet5.birdcat(rngs=nnx.Rngs(0)), unfused),
     }
     other = with_other_convolutions(LeNet5.birdcat(rngs=nnx.Rngs(0)))
-    variants[f"jaxcal LeNet5 ({_lowering(other)}), train.fit"] = epoch_of(other)
+    variants[
+        f"jaxcal LeNet5 ({_lowering(other)}), train.fit, {steps_per_call_for(other)} per call"
+    ] = epoch_of(other)
     reference, reference_name = None, None
     if torch_ref is not None:
         ok, why = torch_ref.workers_can_start()

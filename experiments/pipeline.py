@@ -20,7 +20,7 @@ from flax import nnx
 
 from experiments import outdir
 from experiments.cli import Recipe
-from jaxcal import checkpoint, data, models, plotting, study, train
+from jaxcal import checkpoint, compile_cache, data, models, plotting, study, train
 
 # Steps in the running mean of the training loss curve, as in the originals.
 LOSS_WINDOW = 60
@@ -213,7 +213,11 @@ def run(
       describe: `(out, splits, {name: Studied}) -> Report`: the experiment's own figures
         (written into `out`), tables, metrics and summary line.
       names: the models to train, each into OUT/<name>; (None,) for one model in OUT.
+
+    JAX's persistent compilation cache is on (`jaxcal.compile_cache`; the folder is
+    `$JAXCAL_COMPILATION_CACHE`, default `~/.cache/jaxcal/jax`), so a rerun skips compiling.
     """
+    compile_cache.enable_compilation_cache()
     writer = outdir.writes_outputs()
     with contextlib.ExitStack() as stack:
         report_dir = args.out

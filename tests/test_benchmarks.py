@@ -112,6 +112,27 @@ def test_switching_lenet_convolutions_keeps_weights_and_outputs():
     np.testing.assert_allclose(model(x), switched(x), atol=1e-5)
 
 
+def test_mlp_gemm_floor_computes_the_steps_products():
+    widths, batch = (6, 5, 3), 4
+    forward, weight_grads, input_grads = step_times.mlp_gemm_floor_runner(widths, batch, 1)()
+    assert [a.shape for a in forward] == [(batch, 5), (batch, 3)]
+    assert [g.shape for g in weight_grads] == [(6, 5), (5, 3)]  # one per kernel
+    assert [g.shape for g in input_grads] == [(batch, 5)]  # none for the step's input
+    rng = np.random.default_rng(1)  # the runner's operands, drawn in the same order
+    x = rng.standard_normal((batch, 6), dtype=np.float32)
+    k1 = rng.standard_normal((6, 5), dtype=np.float32) / np.sqrt(6)
+    k2 = rng.standard_normal((5, 3), dtype=np.float32) / np.sqrt(5)
+    a1 = x @ k1
+    out = a1 @ k2
+    g1 = out @ k2.T  # backward from the output, as the step's chain runs
+    for ours, expected in zip(
+        (*forward, *weight_grads, *input_grads),
+        (a1, out, x.T @ g1, a1.T @ out, g1),
+        strict=True,
+    ):
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_torch_missing_is_reported_not_fatal(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     monkeypatch.delitem(sys.modules, "benchmarks.torch_reference", raising=False)

@@ -17,6 +17,7 @@ from jaxcal.models.conv import (
     max_pool_2x2,
     patch_conv,
     patch_conv_max_pool,
+    steps_per_call_for,
 )
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -310,6 +311,24 @@ def test_conv_impl_for_backend_picks_patches_on_cpu_only():
         conv_impl_for_backend(3)
     with pytest.raises(TypeError, match="backend"):
         conv_impl_for_backend("")
+
+
+def test_steps_per_call_fuses_steps_unless_xla_convolutions_run_on_cpu():
+    from jaxcal.models import MLP, LeNet5
+
+    patch_lenet = LeNet5.birdcat(rngs=nnx.Rngs(0))  # PatchConv on CPU
+    xla_lenet = nnx.Sequential(nnx.Conv(3, 4, (3, 3), rngs=nnx.Rngs(0)))
+    transposed = nnx.Sequential(nnx.ConvTranspose(3, 4, (3, 3), rngs=nnx.Rngs(0)))
+    mlp = MLP(rngs=nnx.Rngs(0))
+    assert steps_per_call_for(mlp, "cpu") == 8
+    assert steps_per_call_for(xla_lenet, "cpu") == 1
+    assert steps_per_call_for(transposed, "cpu") == 1
+    for backend in ("gpu", "tpu"):
+        assert steps_per_call_for(xla_lenet, backend) == 8
+    if jax.default_backend() == "cpu":
+        assert steps_per_call_for(patch_lenet) == 8
+    with pytest.raises(TypeError, match="model must be an nnx.Module"):
+        steps_per_call_for(lambda x: x, "cpu")
 
 
 @pytest.mark.parametrize(

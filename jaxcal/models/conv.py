@@ -37,6 +37,31 @@ def conv_impl_for_backend(backend: str | None = None) -> ConvImpl:
     return "patches" if backend.lower() == "cpu" else "xla"
 
 
+def steps_per_call_for(model: nnx.Module, backend: str | None = None) -> int:
+    """How many training steps to fuse into one jitted call (`lax.scan`) for `model`.
+
+    Fusing saves a dispatch and a host round trip per step. On CPU, XLA compiles convolution
+    gradients inside a loop into slow kernels (a LeNet-5 step with `nnx.Conv`: 19 -> 70 ms),
+    so a model holding an `nnx.Conv` or `nnx.ConvTranspose` gets 1 there; models without them
+    (`PatchConv`, MLPs) and every model on GPU/TPU get 8 (`benchmarks/README.md` has the
+    measurements).
+
+    Args:
+        model: the model to train.
+        backend: a JAX platform name; default `jax.default_backend()`.
+
+    Returns:
+        1 or 8.
+    """
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}")
+    if conv_impl_for_backend(backend) == "patches" and any(
+        isinstance(node, (nnx.Conv, nnx.ConvTranspose)) for _, node in nnx.iter_graph(model)
+    ):
+        return 1
+    return 8
+
+
 def _explicit_padding(
     padding: PaddingLike, kernel_size: tuple[int, int]
 ) -> tuple[tuple[int, int], ...]:

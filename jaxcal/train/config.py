@@ -40,8 +40,9 @@ class TrainConfig:
       seed: seeds the per-epoch permutations, augmentation and dropout.
       eval_batch_size: batch size for validation.
       steps_per_call: training steps fused into one jitted call with `lax.scan`. None picks
-        per backend: 1 on CPU (XLA:CPU compiles convolution gradients inside loops into slow
-        kernels), 8 on GPU/TPU (fewer dispatches).
+        per backend and model (`jaxcal.models.conv.steps_per_call_for`): 8, except 1 on CPU
+        for models with XLA convolutions (XLA:CPU compiles their gradients inside loops into
+        slow kernels).
       max_to_keep: how many latest epoch checkpoints to keep (the best one is kept besides).
     """
 

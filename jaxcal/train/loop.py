@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from jaxcal import checkpoint
 from jaxcal._checks import check_callable
 from jaxcal.data.transforms import Preprocess
+from jaxcal.models import conv
 from jaxcal.train.config import History, TrainConfig
 from jaxcal.train.inputs import check_labels, check_split, output_width
 from jaxcal.train.predict import make_mesh, padded_batches, round_up
@@ -106,7 +107,12 @@ def fit(
             state, history, start_epoch = _start(
                 run, resume, graphdef, state, history, config, (int(data[0].shape[0]), run_info)
             )
-        loop = _EpochLoop(graphdef, config, preprocess, mesh, data, val_data, (run, run_info))
+        fused = config.steps_per_call or conv.steps_per_call_for(
+            model, mesh.devices.flat[0].platform
+        )
+        loop = _EpochLoop(
+            graphdef, config, preprocess, mesh, data, val_data, (run, run_info), fused
+        )
         state, best = loop.run_epochs(state, history, start_epoch, progress)
         if config.patience is not None and history.best_epoch not in (None, history.epochs_run):
             if best is not None:
@@ -184,7 +190,9 @@ def _restore_model(
 class _EpochLoop:
     """The compiled steps and the on-device data of one `fit` call, and its epoch loop."""
 
-    def __init__(self, graphdef, config, preprocess, mesh: Mesh, data, val_data, run) -> None:
+    def __init__(
+        self, graphdef, config, preprocess, mesh: Mesh, data, val_data, run, fused: int
+    ) -> None:
         self.graphdef, self.config = graphdef, config
         self.run, self.run_info = run
         replicated = NamedSharding(mesh, P())
@@ -192,7 +200,6 @@ class _EpochLoop:
         self.num_train = int(self.inputs.shape[0])
         self.rows = NamedSharding(mesh, P(None, "data"))
         steps_per_epoch = self.num_train // config.batch_size
-        fused = config.steps_per_call or (1 if mesh.devices.flat[0].platform == "cpu" else 8)
         fused = min(fused, steps_per_epoch)
         self.calls, self.remainder = divmod(steps_per_epoch, fused)
         self.train_step = make_train_step(
