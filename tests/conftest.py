@@ -1,11 +1,18 @@
 """Shared pytest fixtures: the real data in ../shared/data and torchvision-shaped weights."""
 
+import os
 import pathlib
 
 import numpy as np
 import pytest
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keeps the experiments' persistent compilation cache out of the user's home folder."""
+    os.environ["JAXCAL_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("jax_cache"))
 
 
 @pytest.fixture(scope="session")
