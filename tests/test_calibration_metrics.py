@@ -342,14 +342,17 @@ class TestBootstrap:
         key = jax.random.key(0)
         result = ece_bootstrap(z, y, key, num_resamples=64, confidence=0.9)
         assert isinstance(result, BootstrapInterval)
-        assert float(result.estimate) == pytest.approx(float(ece(z, y)), abs=EXACT_TOL)
+        plug_in = float(ece(z, y))
+        assert float(result.plug_in) == pytest.approx(plug_in, abs=EXACT_TOL)
         replicates = []
         for r in range(64):
             index = np.asarray(jax.random.randint(jax.random.fold_in(key, r), (400,), 0, 400))
             replicates.append(float(ece(z[index], y[index])))
-        lower, upper = np.quantile(replicates, [0.05, 0.95])
-        assert float(result.lower) == pytest.approx(lower, abs=1e-5)
-        assert float(result.upper) == pytest.approx(upper, abs=1e-5)
+        q_lo, median, q_hi = np.quantile(replicates, [0.05, 0.5, 0.95])
+        # Basic bootstrap: percentiles reflected about the plug-in error, clipped at 0.
+        assert float(result.lower) == pytest.approx(max(2 * plug_in - q_hi, 0), abs=1e-5)
+        assert float(result.upper) == pytest.approx(max(2 * plug_in - q_lo, 0), abs=1e-5)
+        assert float(result.estimate) == pytest.approx(max(2 * plug_in - median, 0), abs=1e-5)
 
     def test_interval_behaviour(self, bootstrap_data):
         z, y = bootstrap_data

@@ -77,6 +77,47 @@ def check_finite(name: str, x: jax.Array) -> None:
         )
 
 
+def as_int_labels(labels: Any) -> jax.Array:
+    """`labels` as a jax array; ValueError for concrete integers that jax's int type cannot hold.
+
+    With 64-bit types off, jax stores int64 as int32 and 2**32 + 1 would silently become 1.
+    """
+    if isinstance(labels, (jax.Array, jax.core.Tracer)):
+        return labels
+    host = np.asarray(labels)
+    if np.issubdtype(host.dtype, np.integer) and host.size:
+        info = np.iinfo(jnp.dtype(jnp.int_))
+        if host.min() < info.min or host.max() > info.max:
+            raise ValueError(
+                f"labels must fit in {jnp.dtype(jnp.int_).name} (64-bit jax types are off), got "
+                f"values in [{host.min()}, {host.max()}]"
+            )
+    return jnp.asarray(host)
+
+
+def warn_if_probabilities(name: str, scores: np.ndarray) -> None:
+    """Warns when logits look like probabilities: [N] all in [0, 1], or [N, K] rows summing to 1.
+
+    Constant scores (e.g. all-zero logits) are left alone: they mean the same either way round.
+    """
+    if scores.min() < 0.0 or scores.min() == scores.max():
+        return
+    if scores.ndim == 1 and scores.max() <= 1.0:
+        what = "all lie in [0, 1]"
+    elif (
+        scores.ndim == 2
+        and np.abs(scores.sum(axis=1, dtype=np.float64) - 1.0).max() <= ROW_SUM_ATOL
+    ):
+        what = "rows are non-negative and sum to 1"
+    else:
+        return
+    warnings.warn(
+        f"{name} {what}: they look like probabilities, but from_logits=True treats them as "
+        "logits (pass from_logits=False)",
+        stacklevel=4,
+    )
+
+
 def check_scores_labels(
     scores: Any, labels: Any, *, from_logits: bool, name: str = "scores"
 ) -> tuple[jax.Array, jax.Array]:
@@ -98,7 +139,7 @@ def check_scores_labels(
     if not isinstance(from_logits, bool):
         raise TypeError(f"from_logits must be a bool, got {from_logits!r}")
     scores = as_float_array(name, scores)
-    labels = jnp.asarray(labels)
+    labels = as_int_labels(labels)
     if scores.ndim not in (1, 2):
         raise ValueError(
             f"{name} must have shape [N] (binary) or [N, K] (multiclass), got {scores.shape}"
@@ -123,14 +164,8 @@ def check_scores_labels(
         )
     num_classes = 2 if scores.ndim == 1 else scores.shape[1]
     check_finite(name, scores)
-    if is_concrete(scores) and from_logits and scores.ndim == 2:
-        s = np.asarray(scores)
-        if s.min() >= 0.0 and np.abs(s.sum(axis=1, dtype=np.float64) - 1.0).max() <= ROW_SUM_ATOL:
-            warnings.warn(
-                f"{name} rows are non-negative and sum to 1: they look like probabilities, but "
-                "from_logits=True treats them as logits (pass from_logits=False)",
-                stacklevel=3,
-            )
+    if is_concrete(scores) and from_logits:
+        warn_if_probabilities(name, np.asarray(scores))
     if is_concrete(scores) and not from_logits:
         s = np.asarray(scores)
         if s.min() < 0.0 or s.max() > 1.0:
