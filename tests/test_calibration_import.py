@@ -23,6 +23,10 @@ def test_import_pulls_in_no_heavy_frameworks():
         "jaxcal",
         "jaxcal.calibration",
         "jaxcal.calibration._checks",
+        "jaxcal.calibration.consistency",
+        "jaxcal.calibration.kernel",
+        "jaxcal.calibration.ks",
         "jaxcal.calibration.metrics",
+        "jaxcal.calibration.smooth",
         "jaxcal.calibration.temperature",
     }
