@@ -86,11 +86,12 @@ def as_int_labels(labels: Any) -> jax.Array:
         return labels
     host = np.asarray(labels)
     if np.issubdtype(host.dtype, np.integer) and host.size:
-        info = np.iinfo(jnp.dtype(jnp.int_))
+        stored = jax.dtypes.canonicalize_dtype(host.dtype)
+        info = np.iinfo(stored)
         if host.min() < info.min or host.max() > info.max:
             raise ValueError(
-                f"labels must fit in {jnp.dtype(jnp.int_).name} (64-bit jax types are off), got "
-                f"values in [{host.min()}, {host.max()}]"
+                f"labels must fit in {stored.name} (jax stores {host.dtype.name} as {stored.name} "
+                f"with 64-bit types off), got values in [{host.min()}, {host.max()}]"
             )
     return jnp.asarray(host)
 

@@ -195,11 +195,12 @@ def _binned_sums(values: jax.Array, index: jax.Array, num_bins: int) -> jax.Arra
     added by a reduction, so the rounding error grows with SUM_CHUNK + C, not with N.
     """
     n, width = values.shape
-    chunks = -(-n // SUM_CHUNK)
-    pad = chunks * SUM_CHUNK - n
+    size = min(n, SUM_CHUNK)
+    chunks = -(-n // size)
+    pad = chunks * size - n
     values = jnp.pad(values, ((0, pad), (0, 0)))
     # Padded samples add zeros to bin 0 of the last chunk.
-    chunk = jnp.arange(chunks * SUM_CHUNK, dtype=jnp.int32) // SUM_CHUNK
+    chunk = jnp.arange(chunks * size, dtype=jnp.int32) // size
     segment = jnp.pad(index, (0, pad)) + num_bins * chunk
     partial_sums = jax.ops.segment_sum(values, segment, chunks * num_bins)
     return jnp.sum(partial_sums.reshape(chunks, num_bins, width), axis=0)
