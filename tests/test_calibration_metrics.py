@@ -23,6 +23,7 @@ from jaxcal.calibration import (
     reliability_bins,
     top_label_ece,
 )
+from jaxcal.calibration.metrics import _resample_indices
 
 # REFERENCE.md section 4 test vector.
 P_REF64 = np.array([0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95, 1, 1])
@@ -340,6 +341,15 @@ def bootstrap_data():
 
 
 class TestBootstrap:
+    @pytest.mark.parametrize("n", [1, 7, 400, 65_537, 3_000_000])
+    def test_resample_indices_are_the_multiply_high_of_the_bits(self, n):
+        key = jax.random.key(n)
+        draws = np.asarray(_resample_indices(key, n))
+        bits = np.asarray(jax.random.bits(key, (n,), jnp.uint32)).astype(np.uint64)
+        # floor(bits * n / 2^32), exact in uint64: uniform bits give near-uniform indices.
+        np.testing.assert_array_equal(draws, (bits * np.uint64(n)) >> np.uint64(32))
+        assert draws.min() >= 0 and draws.max() < n
+
     def test_matches_explicit_resampling(self, bootstrap_data):
         z, y = bootstrap_data
         key = jax.random.key(0)
@@ -349,7 +359,7 @@ class TestBootstrap:
         assert float(result.plug_in) == pytest.approx(plug_in, abs=EXACT_TOL)
         replicates = []
         for r in range(64):
-            index = np.asarray(jax.random.randint(jax.random.fold_in(key, r), (400,), 0, 400))
+            index = np.asarray(_resample_indices(jax.random.fold_in(key, r), 400))
             replicates.append(float(ece(z[index], y[index])))
         q_lo, median, q_hi = np.quantile(replicates, [0.05, 0.5, 0.95])
         # Basic bootstrap: percentiles reflected about the plug-in error, clipped at 0.

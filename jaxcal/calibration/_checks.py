@@ -96,26 +96,11 @@ def as_int_labels(labels: Any) -> jax.Array:
     return jnp.asarray(host)
 
 
-def warn_if_probabilities(name: str, scores: np.ndarray) -> None:
-    """Warns when logits look like probabilities: [N] all in [0, 1], or [N, K] rows summing to 1.
-
-    Constant scores (e.g. all-zero logits) are left alone: they mean the same either way round.
-    """
-    if scores.min() < 0.0 or scores.min() == scores.max():
-        return
-    if scores.ndim == 1 and scores.max() <= 1.0:
-        what = "all lie in [0, 1]"
-    elif (
-        scores.ndim == 2
-        and np.abs(scores.sum(axis=1, dtype=np.float64) - 1.0).max() <= ROW_SUM_ATOL
-    ):
-        what = "rows are non-negative and sum to 1"
-    else:
-        return
+def _warn_probabilities(name: str, what: str) -> None:
     warnings.warn(
         f"{name} {what}: they look like probabilities, but from_logits=True treats them as "
         "logits (pass from_logits=False)",
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
@@ -164,28 +149,51 @@ def check_scores_labels(
             f"labels has {labels.shape[0]}"
         )
     num_classes = 2 if scores.ndim == 1 else scores.shape[1]
-    check_finite(name, scores)
-    if is_concrete(scores) and from_logits:
-        warn_if_probabilities(name, np.asarray(scores))
-    if is_concrete(scores) and not from_logits:
-        s = np.asarray(scores)
-        if s.min() < 0.0 or s.max() > 1.0:
+    if is_concrete(scores) and is_concrete(labels):
+        _check_values(name, scores, labels, num_classes, from_logits)
+    return scores, labels.astype(jnp.int32)
+
+
+@jax.jit
+def _value_summary(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, ...]:
+    """One device pass over the inputs: min, max (NaN or inf if any entry is), row-sum error."""
+    row_error = jnp.abs(jnp.sum(scores, axis=-1) - 1.0) if scores.ndim == 2 else jnp.zeros(())
+    return (
+        jnp.min(scores),
+        jnp.max(scores),
+        jnp.max(row_error),
+        jnp.min(labels),
+        jnp.max(labels),
+    )
+
+
+def _check_values(
+    name: str, scores: jax.Array, labels: jax.Array, num_classes: int, from_logits: bool
+) -> None:
+    """The value checks of `check_scores_labels`, from one device-side summary of the inputs."""
+    low, high, row_error, lab_min, lab_max = (
+        np.asarray(v).item() for v in jax.device_get(_value_summary(scores, labels))
+    )
+    if not (np.isfinite(low) and np.isfinite(high)):  # min and max propagate NaN and inf
+        check_finite(name, scores)
+    if from_logits and low >= 0.0 and low != high:
+        if scores.ndim == 1 and high <= 1.0:
+            _warn_probabilities(name, "all lie in [0, 1]")
+        elif scores.ndim == 2 and row_error <= ROW_SUM_ATOL:
+            _warn_probabilities(name, "rows are non-negative and sum to 1")
+    if not from_logits:
+        if low < 0.0 or high > 1.0:
             raise ValueError(
                 f"{name} must be probabilities in [0, 1] when from_logits=False, got values in "
-                f"[{s.min():.6g}, {s.max():.6g}] (pass from_logits=True for logits)"
+                f"[{low:.6g}, {high:.6g}] (pass from_logits=True for logits)"
             )
-        if s.ndim == 2:
-            err = np.abs(s.sum(axis=1, dtype=np.float64) - 1.0).max()
-            if err > ROW_SUM_ATOL:
-                raise ValueError(
-                    f"{name} rows must sum to 1 when from_logits=False (max deviation "
-                    f"{err:.3g}); pass from_logits=True for logits"
-                )
-    if is_concrete(labels):
-        lab = np.asarray(labels)
-        if lab.min() < 0 or lab.max() >= num_classes:
+        if scores.ndim == 2 and row_error > ROW_SUM_ATOL:
             raise ValueError(
-                f"labels must be in [0, {num_classes - 1}] for {name} of shape {scores.shape}, "
-                f"got values in [{lab.min()}, {lab.max()}]"
+                f"{name} rows must sum to 1 when from_logits=False (max deviation "
+                f"{row_error:.3g}); pass from_logits=True for logits"
             )
-    return scores, labels.astype(jnp.int32)
+    if lab_min < 0 or lab_max >= num_classes:
+        raise ValueError(
+            f"labels must be in [0, {num_classes - 1}] for {name} of shape {scores.shape}, "
+            f"got values in [{lab_min}, {lab_max}]"
+        )

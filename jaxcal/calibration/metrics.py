@@ -106,6 +106,22 @@ class BootstrapInterval(NamedTuple):
     plug_in: jax.Array
 
 
+def _resample_indices(key: jax.Array, n: int) -> jax.Array:
+    """[N] indices drawn uniformly with replacement from [0, N), from one word of bits each.
+
+    floor(bits * N / 2^32) by an exact 32 x 32 -> 64-bit multiply-high in uint32 halves:
+    8x cheaper on CPU than `jax.random.randint` (which draws and reduces two words per
+    index); each index has probability within N / 2^32 (relative) of 1 / N.
+    """
+    bits = jax.random.bits(key, (n,), jnp.uint32)
+    a_hi, a_lo = bits >> 16, bits & 0xFFFF
+    n_hi, n_lo = jnp.uint32(n >> 16), jnp.uint32(n & 0xFFFF)
+    mid_1, mid_2 = a_hi * n_lo, a_lo * n_hi
+    carry = ((a_lo * n_lo) >> 16) + (mid_1 & 0xFFFF) + (mid_2 & 0xFFFF)
+    high = a_hi * n_hi + (mid_1 >> 16) + (mid_2 >> 16) + (carry >> 16)
+    return high.astype(jnp.int32)
+
+
 def _check_bin_options(num_bins: int, binary: str, closed: str, binning: str) -> int:
     _checks.check_option("binary", binary, BINARY_MODES)
     _checks.check_option("closed", closed, CLOSED_RULES)
@@ -600,7 +616,7 @@ def _ece_bootstrap(
         return _calibration_error(bins, norm)
 
     def resample(r):
-        index = jax.random.randint(jax.random.fold_in(key, r), (n,), 0, n)
+        index = _resample_indices(jax.random.fold_in(key, r), n)
         return error(conf[index], target[index])
 
     # Round up to whole chunks (one compiled loop body, no remainder body), then drop extras.
@@ -661,12 +677,12 @@ def ece_bootstrap(
     confidence = _checks.check_probability("confidence", confidence)
     key = _checks.check_key("key", key)
     scores, labels = _checks.check_scores_labels(scores, labels, from_logits=from_logits)
-    # Resamples evaluated together: ~2^18 gathered samples and partial bin sums per chunk
-    # (measured: 25 resamples of 10,000 samples per chunk ran 1.6x faster than 1 and 1.2x
-    # faster than 500); a resample holds its N samples and B partial sums per SUM_CHUNK.
+    # Resamples evaluated together: ~2^16 gathered samples and partial bin sums per chunk
+    # (measured, 10,000 samples: 8 resamples per chunk ran 2.5x faster than 26, 3.5x faster
+    # than 1 and 6x faster than 100); a resample holds N samples and B sums per SUM_CHUNK.
     n = scores.shape[0]
     per_resample = n + num_bins * -(-n // SUM_CHUNK)
-    batch_size = max(1, min(num_resamples, (1 << 18) // per_resample))
+    batch_size = max(1, min(num_resamples, (1 << 16) // per_resample))
     return _ece_bootstrap(
         scores,
         labels,

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcal.calibration import _checks
-from jaxcal.calibration.metrics import BINARY_MODES, _confidence_and_target
+from jaxcal.calibration.metrics import BINARY_MODES, _confidence_and_target, _resample_indices
 
 # The bisection for the bandwidth halves [0, 1] ten times, as relplot's `smECE` does, so its
 # result is a multiple of 2^-10; smaller bandwidths are refused.
@@ -227,7 +227,7 @@ def _smooth_reliability(
     n = f.shape[0]
 
     def resample(r):
-        index = jax.random.randint(jax.random.fold_in(key, r), (n,), 0, n)
+        index = _resample_indices(jax.random.fold_in(key, r), n)
         return _curve_and_density(f[index], target[index], sigma, grid)[0]
 
     padded = -(-num_resamples // batch_size) * batch_size
