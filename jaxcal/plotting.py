@@ -201,6 +201,63 @@ def reliability_diagram(
     return ReliabilityAxes(ax, hist_ax)
 
 
+def smooth_reliability_diagram(
+    ax: Axes,
+    curve: Any,
+    *,
+    title: str | None = None,
+    color: str = "tab:red",
+    label: str = "smoothed",
+    binary: BinaryMode = "positive",
+) -> Axes:
+    """Draws a smoothed reliability curve with its bootstrap band and the prediction density.
+
+    As in relplot's diagram: the diagonal, the 95 % band as a shaded area, the curve, and the
+    density of the predictions as a grey area along the bottom (scaled to a fifth of the
+    height; its shape, not its height, is what it shows). Computes nothing.
+
+    Args:
+      ax: the axes to draw on.
+      curve: a SmoothReliability (grid, curve, lower, upper, density [G]; error, bandwidth),
+        from `jaxcal.calibration.smooth_reliability`.
+      title: first line of the title; the second gives the smooth ECE and the bandwidth.
+      color: colour of the curve and its band.
+      label: legend label of the curve.
+      binary: "positive" or "top_label" axis labels, as in `reliability_diagram`.
+
+    Returns:
+      The axes.
+    """
+    fields = ("grid", "curve", "lower", "upper", "density", "error", "bandwidth")
+    if not all(hasattr(curve, field) for field in fields):
+        raise TypeError(
+            "curve must be a jaxcal.calibration.SmoothReliability (with "
+            f"{', '.join(fields)}), got {type(curve).__name__}"
+        )
+    grid, mean, lower, upper, density = (
+        np.asarray(getattr(curve, field), np.float64) for field in fields[:5]
+    )
+    x_label, y_label = _axis_labels(binary)
+    heading = f"smooth ECE = {float(curve.error):.4f} (bandwidth {float(curve.bandwidth):.3f})"
+    if title:
+        heading = f"{title}\n{heading}"
+    ax.fill_between(
+        grid,
+        0.0,
+        0.2 * density / max(density.max(), 1e-12),
+        color="0.8",
+        label="density of predictions",
+    )
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfectly calibrated")
+    ax.fill_between(grid, lower, upper, color=color, alpha=0.25, label="95 % bootstrap band")
+    ax.plot(grid, mean, color=color, linewidth=2, label=label)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=x_label, ylabel=y_label, title=heading)
+    ax.set_aspect("equal", adjustable="box")
+    ax.legend(loc="upper left", fontsize="small")
+    ax.grid(True, linestyle=":", alpha=0.6)
+    return ax
+
+
 def _diagram_axes(figure: Figure, panels: int) -> list[tuple[Axes, Axes]]:
     """Adds `panels` columns of (diagram, histogram) axes to `figure`."""
     grid = figure.add_gridspec(2, panels, height_ratios=(3, 1))

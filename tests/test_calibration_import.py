@@ -19,11 +19,7 @@ def test_import_pulls_in_no_heavy_frameworks():
     loaded = set(top_level.split(","))
     assert {"jax", "optax", "numpy"} <= loaded
     assert not loaded & set(FORBIDDEN), loaded & set(FORBIDDEN)
-    assert set(ours.split(",")) == {
-        "jaxcal",
-        "jaxcal.calibration",
-        "jaxcal.calibration._checks",
-        "jaxcal.calibration.metrics",
-        "jaxcal.calibration.sweep",
-        "jaxcal.calibration.temperature",
-    }
+    ours = set(ours.split(","))
+    assert "jaxcal.calibration" in ours
+    outside = {m for m in ours if m != "jaxcal" and not m.startswith("jaxcal.calibration")}
+    assert not outside, f"jaxcal.calibration pulls in {sorted(outside)}"

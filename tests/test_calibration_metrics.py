@@ -1,5 +1,7 @@
 """Tests for jaxcal.calibration.metrics: known answers, float64 and library parity, invariants."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +21,9 @@ from jaxcal.calibration import (
     ece_bootstrap,
     nll,
     reliability_bins,
+    top_label_ece,
 )
+from jaxcal.calibration.metrics import _resample_indices
 
 # REFERENCE.md section 4 test vector.
 P_REF64 = np.array([0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95, 1, 1])
@@ -337,19 +341,31 @@ def bootstrap_data():
 
 
 class TestBootstrap:
+    @pytest.mark.parametrize("n", [1, 7, 400, 65_537, 3_000_000])
+    def test_resample_indices_are_the_multiply_high_of_the_bits(self, n):
+        key = jax.random.key(n)
+        draws = np.asarray(_resample_indices(key, n))
+        bits = np.asarray(jax.random.bits(key, (n,), jnp.uint32)).astype(np.uint64)
+        # floor(bits * n / 2^32), exact in uint64: uniform bits give near-uniform indices.
+        np.testing.assert_array_equal(draws, (bits * np.uint64(n)) >> np.uint64(32))
+        assert draws.min() >= 0 and draws.max() < n
+
     def test_matches_explicit_resampling(self, bootstrap_data):
         z, y = bootstrap_data
         key = jax.random.key(0)
         result = ece_bootstrap(z, y, key, num_resamples=64, confidence=0.9)
         assert isinstance(result, BootstrapInterval)
-        assert float(result.estimate) == pytest.approx(float(ece(z, y)), abs=EXACT_TOL)
+        plug_in = float(ece(z, y))
+        assert float(result.plug_in) == pytest.approx(plug_in, abs=EXACT_TOL)
         replicates = []
         for r in range(64):
-            index = np.asarray(jax.random.randint(jax.random.fold_in(key, r), (400,), 0, 400))
+            index = np.asarray(_resample_indices(jax.random.fold_in(key, r), 400))
             replicates.append(float(ece(z[index], y[index])))
-        lower, upper = np.quantile(replicates, [0.05, 0.95])
-        assert float(result.lower) == pytest.approx(lower, abs=1e-5)
-        assert float(result.upper) == pytest.approx(upper, abs=1e-5)
+        q_lo, median, q_hi = np.quantile(replicates, [0.05, 0.5, 0.95])
+        # Basic bootstrap: percentiles reflected about the plug-in error, clipped at 0.
+        assert float(result.lower) == pytest.approx(max(2 * plug_in - q_hi, 0), abs=1e-5)
+        assert float(result.upper) == pytest.approx(max(2 * plug_in - q_lo, 0), abs=1e-5)
+        assert float(result.estimate) == pytest.approx(max(2 * plug_in - median, 0), abs=1e-5)
 
     def test_interval_behaviour(self, bootstrap_data):
         z, y = bootstrap_data
@@ -533,3 +549,169 @@ class TestValidation:
         bins = ReliabilityBins(jnp.linspace(0, 1, 3), jnp.array([1, 1]), jnp.zeros(2), jnp.ones(2))
         with pytest.raises(ValueError, match="norm must be one of"):
             calibration_error(bins, "L1")
+
+
+class TestFloat32Sums:
+    def test_issue_shape_float32_equals_float64(self):
+        # 50,000 top-label predictions, ~31,000 in the top bin of 20, 2,000 at exactly 1.0: a
+        # sequential float32 scatter-add of the confidences moved the ECE by ~4e-6 here.
+        rng = np.random.default_rng(13)
+        conf = np.concatenate(
+            [np.ones(2000), rng.uniform(0.95, 1.0, 29_000), rng.uniform(0.2, 0.95, 19_000)]
+        ).astype(np.float32)
+        correct = (rng.random(conf.size) < conf - 0.08).astype(np.int32)
+        conf64 = conf.astype(np.float64)
+        for norm in ("l1", "max"):
+            got = float(ece(conf, correct, num_bins=20, from_logits=False, norm=norm))
+            expected = reference_ece(conf64, correct.astype(np.float64), 20, "left", norm)
+            assert got == pytest.approx(expected, abs=2e-6)
+
+    def test_large_bins_merge_in_float32(self):
+        rng = np.random.default_rng(14)
+        p = rng.uniform(0.9, 1.0, 200_000).astype(np.float32)
+        y = (rng.random(p.size) < p).astype(np.int32)
+        bins = reliability_bins(p, y, from_logits=False)
+        expected = np.bincount(np.minimum((p * 15).astype(int), 14), p.astype(np.float64), 15)
+        # Within 2 float32 ulps of the float64 sums (a sequential float32 sum drifts ~1e-5).
+        np.testing.assert_allclose(bins.confidence_sum, expected, rtol=2.5e-7)
+
+
+class TestDebiasedL2:
+    @pytest.mark.parametrize("n", [40, 1000, 20_000])
+    def test_matches_uncertainty_calibration(self, n):
+        uc = pytest.importorskip("calibration.utils")
+        rng = np.random.default_rng(n)
+        p = rng.random(n).astype(np.float32)
+        y = (rng.random(n) < p**1.2).astype(int)
+        expected = uc.lower_bound_scaling_ce(
+            p.astype(np.float64), y, p=2, debias=True, binning_scheme=uc.get_equal_prob_bins
+        )
+        got = ece(p, y, from_logits=False, closed="right", norm="l2", debiased=True)
+        assert float(got) == pytest.approx(expected, abs=1e-5)
+
+    def test_top_label_matches_uncertainty_calibration(self, multiclass_data):
+        uc = pytest.importorskip("calibration.utils")
+        zm, ym = multiclass_data
+        expected = uc.lower_bound_scaling_top_ce(
+            softmax64(zm), ym, p=2, debias=True, binning_scheme=uc.get_equal_prob_bins
+        )
+        got = ece(zm, ym, closed="right", norm="l2", debiased=True)
+        assert float(got) == pytest.approx(expected, abs=1e-5)
+
+    def test_below_plug_in_and_near_zero_when_calibrated(self):
+        rng = np.random.default_rng(15)
+        p = rng.random(50_000).astype(np.float32)
+        y = (rng.random(p.size) < p).astype(int)
+        kw = {"from_logits": False, "norm": "l2"}
+        debiased, plug_in = float(ece(p, y, debiased=True, **kw)), float(ece(p, y, **kw))
+        assert debiased < plug_in
+        assert debiased < 0.005
+
+    def test_only_with_l2(self):
+        with pytest.raises(ValueError, match="debiased=True needs norm='l2'"):
+            ece(np.zeros(2), np.zeros(2, int), debiased=True)
+
+
+class TestTopLabelECE:
+    def test_matches_per_class_definition(self, multiclass_data):
+        zm, ym = multiclass_data
+        probs = softmax64(zm)
+        conf, pred = probs.max(1), probs.argmax(1)
+        correct = (pred == ym).astype(float)
+        expected = sum(
+            (pred == k).mean() * reference_ece(conf[pred == k], correct[pred == k], 15, "left")
+            for k in np.unique(pred)
+        )
+        got = top_label_ece(zm.astype(np.float32), ym)
+        assert float(got) == pytest.approx(expected, abs=1e-6)
+        assert float(got) >= float(ece(zm, ym)) - 1e-7
+
+    def test_binary_is_two_classes(self, binary_data):
+        z, y = binary_data
+        logits = np.stack([np.zeros_like(z), z], axis=-1)
+        assert float(top_label_ece(z, y)) == pytest.approx(
+            float(top_label_ece(logits, y)), abs=1e-6
+        )
+
+
+def simulated_bootstraps(power, num_sets=200):
+    """ece_bootstrap on data sets p ~ U(0, 1), y ~ Bernoulli(p ** power), N = 1,000."""
+    keys = jax.random.split(jax.random.key(16), num_sets)
+
+    def one(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        p = jax.random.uniform(k1, (1000,))
+        y = jax.random.bernoulli(k2, p**power).astype(jnp.int32)
+        return ece_bootstrap(p, y, k3, num_resamples=200, from_logits=False)
+
+    return jax.vmap(one)(keys)
+
+
+class TestBootstrapCoverage:
+    def test_covers_population_error_when_miscalibrated(self):
+        # y ~ Bernoulli(p^2): every bin's gap has the same sign, so the population ECE over
+        # uniform bins is the integral of p - p^2 = 1/6.
+        result = simulated_bootstraps(2.0)
+        covered = (result.lower <= 1 / 6) & (result.upper >= 1 / 6)
+        assert float(jnp.mean(covered)) >= 0.9
+        assert bool(jnp.all((result.lower <= result.estimate) & (result.estimate <= result.upper)))
+
+    def test_calibrated_data_bias_is_corrected(self):
+        # The population ECE is 0, on the boundary: the plug-in error is always above it and
+        # the percentile interval (the previous one) never covered it. The basic interval does
+        # in part of the data sets (~37 % here: at the boundary no bootstrap of the plug-in is
+        # exact), and its estimate is closer to 0 than the plug-in error.
+        result = simulated_bootstraps(1.0)
+        assert bool(jnp.all(result.plug_in > 0))
+        assert float(jnp.mean(result.lower == 0.0)) >= 0.25
+        assert float(jnp.mean(result.estimate)) < 0.8 * float(jnp.mean(result.plug_in))
+        assert bool(jnp.all((result.lower <= result.estimate) & (result.estimate <= result.upper)))
+        assert bool(jnp.all(result.lower <= result.plug_in))
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+limit = 3 << 30
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+import jax, jax.numpy as jnp
+from jaxcal.calibration import ece, ece_bootstrap
+n = 1_000_000
+z = jax.random.normal(jax.random.key(0), (n,))
+y = (jax.random.uniform(jax.random.key(1), (n,)) < 0.5).astype(jnp.int32)
+peaks = []
+for bins in (15, 1000):
+    ece(z, y, num_bins=bins).block_until_ready()
+    ece_bootstrap(z[:20_000], y[:20_000], jax.random.key(2), num_resamples=64, num_bins=bins)
+    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(peaks[0], peaks[1])
+"""
+
+
+def test_memory_independent_of_num_bins():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    peak_15, peak_1000 = (int(v) for v in result.stdout.split())
+    # ru_maxrss is in KiB: 1,000 bins may add no more than 64 MiB to the peak of 15 bins (an
+    # N x B intermediate would be 1 GB).
+    assert peak_1000 - peak_15 < 64 << 10
+
+
+class TestLabelAndLogitChecks:
+    def test_int64_labels_beyond_int32_raise(self):
+        labels = np.array([0, 2**32 + 1], np.int64)
+        with pytest.raises(ValueError, match="labels must fit in int32"):
+            ece(np.zeros(2), labels)
+
+    def test_binary_probabilities_passed_as_logits_warn(self):
+        p = np.array([0.2, 0.9, 0.6], np.float32)
+        with pytest.warns(UserWarning, match="all lie in \\[0, 1\\]"):
+            ece(p, np.array([0, 1, 1]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ece(np.zeros(3), np.array([0, 1, 1]))  # constant logits mean p = 0.5 either way
+            ece(np.array([-1.0, 0.5, 2.0]), np.array([0, 1, 1]))

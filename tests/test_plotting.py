@@ -506,3 +506,27 @@ SWEEP = stacked([ONE, ONE])
 def test_bad_inputs(error, match, call):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_smooth_reliability_diagram_draws_the_curve(tmp_path):
+    from jaxcal.calibration import smooth_reliability
+
+    rng = np.random.default_rng(20)
+    p = rng.random(400).astype(np.float32)
+    y = (rng.random(400) < p**2).astype(np.int32)
+    curve = smooth_reliability(p, y, jax.random.key(0), num_resamples=20, from_logits=False)
+    figure, ax = plt.subplots()
+    assert plotting.smooth_reliability_diagram(ax, curve, title="model") is ax
+    line = next(ln for ln in ax.lines if ln.get_label() == "smoothed")
+    np.testing.assert_allclose(line.get_xdata(), as64(curve.grid), atol=TOL)
+    np.testing.assert_allclose(line.get_ydata(), as64(curve.curve), atol=TOL)
+    band = next(c for c in ax.collections if c.get_label() == "95 % bootstrap band")
+    vertices = band.get_paths()[0].vertices
+    # fill_between's outline runs along the upper edge and back along the lower one.
+    assert np.isclose(vertices[:, 1].max(), as64(curve.upper).max(), atol=TOL)
+    assert np.isclose(vertices[:, 1].min(), as64(curve.lower).min(), atol=TOL)
+    assert f"{float(curve.error):.4f}" in ax.get_title()
+    plotting.save_figure(figure, tmp_path / "smooth.png")
+    assert (tmp_path / "smooth.png").stat().st_size > 0
+    with pytest.raises(TypeError, match="SmoothReliability"):
+        plotting.smooth_reliability_diagram(ax, make_bins([0.5], [1]))

@@ -436,6 +436,7 @@ def test_save_study_figures(figures):
         "metrics_vs_temperature.png",
         "reliability_before_after.png",
         "scale_effect.png",
+        "smooth_reliability_before_after.png",
         "temperature_overlay.png",
     ]
     assert sorted(p.name for p in out_dir.glob("*.png")) == sorted(captions.values())
@@ -459,7 +460,8 @@ def test_calibration_table(binary_study):
     assert f"[{lo_b:.4f}, {hi_b:.4f}] | [{lo_a:.4f}, {hi_a:.4f}]" in table
     assert f"| accuracy | {t['accuracy']:.4f} | {t['accuracy']:.4f} |" in lines
     rows = [line for line in lines if line.startswith("|")]
-    assert len(rows) == 2 + 5 + 2  # header, rule, 5 metrics, interval, accuracy
+    # header, rule, 5 binned metrics, interval, 4 beyond-bins measures, accuracy
+    assert len(rows) == 2 + 5 + 1 + 4 + 1
 
 
 def test_write_outputs(binary_study, figures):

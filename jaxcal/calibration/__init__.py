@@ -7,6 +7,9 @@ value checks (finite scores, probabilities in [0, 1], labels in range) run eager
 concrete arrays only.
 """
 
+from jaxcal.calibration.consistency import CalibrationTest, calibration_test
+from jaxcal.calibration.kernel import kernel_calibration_error, mmce
+from jaxcal.calibration.ks import ks_calibration_error
 from jaxcal.calibration.metrics import (
     BootstrapInterval,
     ReliabilityBins,
@@ -18,7 +21,9 @@ from jaxcal.calibration.metrics import (
     ece_bootstrap,
     nll,
     reliability_bins,
+    top_label_ece,
 )
+from jaxcal.calibration.smooth import SmoothECE, SmoothReliability, smooth_ece, smooth_reliability
 from jaxcal.calibration.temperature import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
@@ -33,18 +38,28 @@ __all__ = [
     "MAX_TEMPERATURE",
     "MIN_TEMPERATURE",
     "BootstrapInterval",
+    "CalibrationTest",
     "ReliabilityBins",
+    "SmoothECE",
+    "SmoothReliability",
     "TemperatureFit",
     "TemperatureSweep",
     "accuracy",
     "apply_temperature",
     "brier_score",
     "calibration_error",
+    "calibration_test",
     "classwise_ece",
     "ece",
     "ece_bootstrap",
     "fit_temperature",
+    "kernel_calibration_error",
+    "ks_calibration_error",
+    "mmce",
     "nll",
     "reliability_bins",
+    "smooth_ece",
+    "smooth_reliability",
     "temperature_sweep",
+    "top_label_ece",
 ]

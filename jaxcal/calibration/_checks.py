@@ -77,6 +77,33 @@ def check_finite(name: str, x: jax.Array) -> None:
         )
 
 
+def as_int_labels(labels: Any) -> jax.Array:
+    """`labels` as a jax array; ValueError for concrete integers that jax's int type cannot hold.
+
+    With 64-bit types off, jax stores int64 as int32 and 2**32 + 1 would silently become 1.
+    """
+    if isinstance(labels, (jax.Array, jax.core.Tracer)):
+        return labels
+    host = np.asarray(labels)
+    if np.issubdtype(host.dtype, np.integer) and host.size:
+        stored = jax.dtypes.canonicalize_dtype(host.dtype)
+        info = np.iinfo(stored)
+        if host.min() < info.min or host.max() > info.max:
+            raise ValueError(
+                f"labels must fit in {stored.name} (jax stores {host.dtype.name} as {stored.name} "
+                f"with 64-bit types off), got values in [{host.min()}, {host.max()}]"
+            )
+    return jnp.asarray(host)
+
+
+def _warn_probabilities(name: str, what: str) -> None:
+    warnings.warn(
+        f"{name} {what}: they look like probabilities, but from_logits=True treats them as "
+        "logits (pass from_logits=False)",
+        stacklevel=5,
+    )
+
+
 def check_scores_labels(
     scores: Any, labels: Any, *, from_logits: bool, name: str = "scores"
 ) -> tuple[jax.Array, jax.Array]:
@@ -98,7 +125,7 @@ def check_scores_labels(
     if not isinstance(from_logits, bool):
         raise TypeError(f"from_logits must be a bool, got {from_logits!r}")
     scores = as_float_array(name, scores)
-    labels = jnp.asarray(labels)
+    labels = as_int_labels(labels)
     if scores.ndim not in (1, 2):
         raise ValueError(
             f"{name} must have shape [N] (binary) or [N, K] (multiclass), got {scores.shape}"
@@ -122,34 +149,51 @@ def check_scores_labels(
             f"labels has {labels.shape[0]}"
         )
     num_classes = 2 if scores.ndim == 1 else scores.shape[1]
-    check_finite(name, scores)
-    if is_concrete(scores) and from_logits and scores.ndim == 2:
-        s = np.asarray(scores)
-        if s.min() >= 0.0 and np.abs(s.sum(axis=1, dtype=np.float64) - 1.0).max() <= ROW_SUM_ATOL:
-            warnings.warn(
-                f"{name} rows are non-negative and sum to 1: they look like probabilities, but "
-                "from_logits=True treats them as logits (pass from_logits=False)",
-                stacklevel=3,
-            )
-    if is_concrete(scores) and not from_logits:
-        s = np.asarray(scores)
-        if s.min() < 0.0 or s.max() > 1.0:
+    if is_concrete(scores) and is_concrete(labels):
+        _check_values(name, scores, labels, num_classes, from_logits)
+    return scores, labels.astype(jnp.int32)
+
+
+@jax.jit
+def _value_summary(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, ...]:
+    """One device pass over the inputs: min, max (NaN or inf if any entry is), row-sum error."""
+    row_error = jnp.abs(jnp.sum(scores, axis=-1) - 1.0) if scores.ndim == 2 else jnp.zeros(())
+    return (
+        jnp.min(scores),
+        jnp.max(scores),
+        jnp.max(row_error),
+        jnp.min(labels),
+        jnp.max(labels),
+    )
+
+
+def _check_values(
+    name: str, scores: jax.Array, labels: jax.Array, num_classes: int, from_logits: bool
+) -> None:
+    """The value checks of `check_scores_labels`, from one device-side summary of the inputs."""
+    low, high, row_error, lab_min, lab_max = (
+        np.asarray(v).item() for v in jax.device_get(_value_summary(scores, labels))
+    )
+    if not (np.isfinite(low) and np.isfinite(high)):  # min and max propagate NaN and inf
+        check_finite(name, scores)
+    if from_logits and low >= 0.0 and low != high:
+        if scores.ndim == 1 and high <= 1.0:
+            _warn_probabilities(name, "all lie in [0, 1]")
+        elif scores.ndim == 2 and row_error <= ROW_SUM_ATOL:
+            _warn_probabilities(name, "rows are non-negative and sum to 1")
+    if not from_logits:
+        if low < 0.0 or high > 1.0:
             raise ValueError(
                 f"{name} must be probabilities in [0, 1] when from_logits=False, got values in "
-                f"[{s.min():.6g}, {s.max():.6g}] (pass from_logits=True for logits)"
+                f"[{low:.6g}, {high:.6g}] (pass from_logits=True for logits)"
             )
-        if s.ndim == 2:
-            err = np.abs(s.sum(axis=1, dtype=np.float64) - 1.0).max()
-            if err > ROW_SUM_ATOL:
-                raise ValueError(
-                    f"{name} rows must sum to 1 when from_logits=False (max deviation "
-                    f"{err:.3g}); pass from_logits=True for logits"
-                )
-    if is_concrete(labels):
-        lab = np.asarray(labels)
-        if lab.min() < 0 or lab.max() >= num_classes:
+        if scores.ndim == 2 and row_error > ROW_SUM_ATOL:
             raise ValueError(
-                f"labels must be in [0, {num_classes - 1}] for {name} of shape {scores.shape}, "
-                f"got values in [{lab.min()}, {lab.max()}]"
+                f"{name} rows must sum to 1 when from_logits=False (max deviation "
+                f"{row_error:.3g}); pass from_logits=True for logits"
             )
-    return scores, labels.astype(jnp.int32)
+    if lab_min < 0 or lab_max >= num_classes:
+        raise ValueError(
+            f"labels must be in [0, {num_classes - 1}] for {name} of shape {scores.shape}, "
+            f"got values in [{lab_min}, {lab_max}]"
+        )

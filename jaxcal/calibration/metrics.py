@@ -14,6 +14,10 @@ CLOSED_RULES = ("left", "right")
 NORMS = ("l1", "l2", "max")
 BINNINGS = ("uniform", "quantile")
 
+# Samples per chunk of the per-bin sums (see `_binned_sums`): float32 sums of this many values
+# near 1.0 stay within ~1e-7 relative, and C x B partial sums stay small next to N.
+SUM_CHUNK = 4096
+
 
 class ReliabilityBins(NamedTuple):
     """Per-bin sufficient statistics of a reliability diagram (a pytree; leading axes allowed).
@@ -86,11 +90,36 @@ class ReliabilityBins(NamedTuple):
 
 
 class BootstrapInterval(NamedTuple):
-    """A point estimate with a percentile bootstrap confidence interval (scalars)."""
+    """A bias-corrected estimate with its basic bootstrap confidence interval (scalars).
+
+    Attributes:
+      estimate: the bias-corrected error 2 e - median(e*), clipped at 0 (e: the error on the
+        full data; e*: the resampled errors). Always within [lower, upper].
+      lower: max(0, 2 e - q_hi(e*)), the basic (reverse-percentile) lower bound.
+      upper: max(0, 2 e - q_lo(e*)).
+      plug_in: e, the error on the full data (what `ece` returns; biased upward).
+    """
 
     estimate: jax.Array
     lower: jax.Array
     upper: jax.Array
+    plug_in: jax.Array
+
+
+def _resample_indices(key: jax.Array, n: int) -> jax.Array:
+    """[N] indices drawn uniformly with replacement from [0, N), from one word of bits each.
+
+    floor(bits * N / 2^32) by an exact 32 x 32 -> 64-bit multiply-high in uint32 halves:
+    8x cheaper on CPU than `jax.random.randint` (which draws and reduces two words per
+    index); each index has probability within N / 2^32 (relative) of 1 / N.
+    """
+    bits = jax.random.bits(key, (n,), jnp.uint32)
+    a_hi, a_lo = bits >> 16, bits & 0xFFFF
+    n_hi, n_lo = jnp.uint32(n >> 16), jnp.uint32(n & 0xFFFF)
+    mid_1, mid_2 = a_hi * n_lo, a_lo * n_hi
+    carry = ((a_lo * n_lo) >> 16) + (mid_1 & 0xFFFF) + (mid_2 & 0xFFFF)
+    high = a_hi * n_hi + (mid_1 >> 16) + (mid_2 >> 16) + (carry >> 16)
+    return high.astype(jnp.int32)
 
 
 def _check_bin_options(num_bins: int, binary: str, closed: str, binning: str) -> int:
@@ -154,10 +183,54 @@ def _edges(confidence: jax.Array, num_bins: int, binning: str) -> jax.Array:
     return q.at[0].set(0.0).at[-1].set(1.0)
 
 
+def _bin_index(confidence: jax.Array, edges: jax.Array, *, closed: str, uniform: bool) -> jax.Array:
+    """[N] int32 bin of each confidence, in O(N) memory whatever the number of bins.
+
+    Uniform edges k / B: the bin floor(c * B), moved by one where rounding put c across the
+    (correctly rounded) edge. Other edges: a binary search (`searchsorted`'s scan, O(N log B)).
+    """
+    num_bins = edges.shape[-1] - 1
+    if not uniform:
+        side = "right" if closed == "left" else "left"
+        return jnp.searchsorted(edges[1:-1], confidence, side=side).astype(jnp.int32)
+    index = jnp.clip(jnp.floor(confidence * num_bins).astype(jnp.int32), 0, num_bins - 1)
+    lo, hi = edges[index], edges[index + 1]
+    if closed == "left":
+        down, up = confidence < lo, (confidence >= hi) & (index < num_bins - 1)
+    else:
+        down, up = (confidence <= lo) & (index > 0), confidence > hi
+    return index - down.astype(jnp.int32) + up.astype(jnp.int32)
+
+
+def _binned_sums(values: jax.Array, index: jax.Array, num_bins: int) -> jax.Array:
+    """[B, F] per-bin sums of [N, F] values, float32-safe.
+
+    A scatter-add accumulates sequentially; summing tens of thousands of confidences near 1.0
+    into one float32 bin that way moves an ECE by ~2e-5. Here each chunk of SUM_CHUNK samples is
+    scattered on its own ([C, B, F] partial sums, C = N / SUM_CHUNK) and the partial sums are
+    added by a reduction, so the rounding error grows with SUM_CHUNK + C, not with N.
+    """
+    n, width = values.shape
+    size = min(n, SUM_CHUNK)
+    chunks = -(-n // size)
+    pad = chunks * size - n
+    values = jnp.pad(values, ((0, pad), (0, 0)))
+    # Padded samples add zeros to bin 0 of the last chunk.
+    chunk = jnp.arange(chunks * size, dtype=jnp.int32) // size
+    segment = jnp.pad(index, (0, pad)) + num_bins * chunk
+    partial_sums = jax.ops.segment_sum(values, segment, chunks * num_bins)
+    return jnp.sum(partial_sums.reshape(chunks, num_bins, width), axis=0)
+
+
 def _bin_statistics(
-    confidence: jax.Array, target: jax.Array, edges: jax.Array, *, closed: str
+    confidence: jax.Array,
+    target: jax.Array,
+    edges: jax.Array,
+    *,
+    closed: str,
+    uniform: bool = False,
 ) -> ReliabilityBins:
-    """Bins (confidence, target) pairs with `jax.ops.segment_sum` over a static bin count.
+    """Bins (confidence, target) pairs over a static bin count in O(N + B * N / SUM_CHUNK) memory.
 
     Args:
       confidence: [N] confidences in [0, 1].
@@ -165,19 +238,17 @@ def _bin_statistics(
       edges: [B + 1] increasing bin edges, 0 and 1 outermost.
       closed: "left" for [lo, hi) bins with 1.0 in the last bin, "right" for (lo, hi] bins
         with 0.0 in the first bin.
+      uniform: whether `edges` are the uniform edges k / B of `_edges` (a faster bin lookup).
 
     Returns:
       The ReliabilityBins of these samples.
     """
     num_bins = edges.shape[-1] - 1
-    side = "right" if closed == "left" else "left"
-    index = jnp.searchsorted(edges[1:-1], confidence, side=side, method="compare_all")
-    ones = jnp.ones(confidence.shape, jnp.int32)
+    index = _bin_index(confidence, edges, closed=closed, uniform=uniform)
+    counts = jax.ops.segment_sum(jnp.ones(confidence.shape, jnp.int32), index, num_bins)
+    sums = _binned_sums(jnp.stack([confidence, target], axis=-1), index, num_bins)
     return ReliabilityBins(
-        edges=edges,
-        counts=jax.ops.segment_sum(ones, index, num_bins),
-        confidence_sum=jax.ops.segment_sum(confidence, index, num_bins),
-        target_sum=jax.ops.segment_sum(target, index, num_bins),
+        edges=edges, counts=counts, confidence_sum=sums[:, 0], target_sum=sums[:, 1]
     )
 
 
@@ -186,7 +257,8 @@ def _reliability_bins(scores, labels, num_bins, from_logits, binary, closed, bin
     confidence, target = _confidence_and_target(
         scores, labels, from_logits=from_logits, binary=binary
     )
-    return _bin_statistics(confidence, target, _edges(confidence, num_bins, binning), closed=closed)
+    edges = _edges(confidence, num_bins, binning)
+    return _bin_statistics(confidence, target, edges, closed=closed, uniform=binning == "uniform")
 
 
 def reliability_bins(
@@ -227,20 +299,38 @@ def reliability_bins(
     return _reliability_bins(scores, labels, num_bins, from_logits, binary, closed, binning)
 
 
-@partial(jax.jit, static_argnames=("norm",))
-def _calibration_error(bins: ReliabilityBins, norm: str) -> jax.Array:
+@partial(jax.jit, static_argnames=("norm", "debiased"))
+def _calibration_error(bins: ReliabilityBins, norm: str, debiased: bool = False) -> jax.Array:
     dtype = bins.confidence_sum.dtype
     total = jnp.maximum(bins.num_samples, 1).astype(dtype)[..., None]
-    gap = jnp.abs(bins.accuracy - bins.mean_confidence)
+    accuracy = bins.accuracy
+    gap = jnp.abs(accuracy - bins.mean_confidence)
     weight = bins.counts.astype(dtype) / total
     if norm == "l1":
         return jnp.sum(weight * gap, axis=-1)
+    if norm == "l2" and debiased:
+        # Kumar et al. 2019: the plug-in gap^2 overestimates (acc - conf)^2 by the variance of
+        # the bin's mean target, acc (1 - acc) / (n - 1) unbiasedly; bins of one sample give 0.
+        n = bins.counts.astype(dtype)
+        variance = accuracy * (1.0 - accuracy) / jnp.maximum(n - 1.0, 1.0)
+        squared = jnp.where(bins.counts > 1, gap**2 - variance, 0.0)
+        return jnp.sqrt(jnp.maximum(jnp.sum(weight * squared, axis=-1), 0.0))
     if norm == "l2":
         return jnp.sqrt(jnp.sum(weight * gap**2, axis=-1))
     return jnp.max(jnp.where(bins.counts > 0, gap, 0.0), axis=-1)
 
 
-def calibration_error(bins: ReliabilityBins, norm: str = "l1") -> jax.Array:
+def _check_norm(norm: str, debiased: bool) -> None:
+    _checks.check_option("norm", norm, NORMS)
+    if not isinstance(debiased, bool):
+        raise TypeError(f"debiased must be a bool, got {debiased!r}")
+    if debiased and norm != "l2":
+        raise ValueError(f"debiased=True needs norm='l2' (Kumar et al. 2019), got norm={norm!r}")
+
+
+def calibration_error(
+    bins: ReliabilityBins, norm: str = "l1", *, debiased: bool = False
+) -> jax.Array:
     """Calibration error derived from reliability-bin statistics.
 
     Args:
@@ -248,14 +338,18 @@ def calibration_error(bins: ReliabilityBins, norm: str = "l1") -> jax.Array:
       norm: "l1" expected calibration error sum_b (n_b / N) |acc_b - conf_b|; "l2" root mean
         square calibration error sqrt(sum_b (n_b / N) (acc_b - conf_b)^2); "max" maximum
         calibration error max_b |acc_b - conf_b| over non-empty bins.
+      debiased: with norm="l2", the debiased estimator of Kumar, Liang & Ma 2019: each bin's
+        (acc_b - conf_b)^2 minus acc_b (1 - acc_b) / (n_b - 1) (bins with n_b < 2 give 0),
+        reported as sqrt(max(0, sum_b (n_b / N) (...))), as uncertainty-calibration's
+        `get_calibration_error(..., debias=True)` does.
 
     Returns:
       [...] calibration error in [0, 1] (0 when there are no samples).
     """
-    _checks.check_option("norm", norm, NORMS)
+    _check_norm(norm, debiased)
     if not isinstance(bins, ReliabilityBins):
         raise TypeError(f"bins must be a ReliabilityBins, got {type(bins).__name__}")
-    return _calibration_error(bins, norm)
+    return _calibration_error(bins, norm, debiased)
 
 
 def ece(
@@ -268,6 +362,7 @@ def ece(
     closed: str = "left",
     norm: str = "l1",
     binning: str = "uniform",
+    debiased: bool = False,
 ) -> jax.Array:
     """Expected calibration error (or RMS / maximum calibration error) of binned confidences.
 
@@ -285,14 +380,18 @@ def ece(
       closed: "left" ([lo, hi), last bin closed) or "right" ((lo, hi], first bin closed).
       norm: "l1" (ECE), "l2" (RMS calibration error) or "max" (MCE); see `calibration_error`.
       binning: "uniform" or "quantile" (equal-mass bins).
+      debiased: with norm="l2", Kumar et al.'s debiased estimator (see `calibration_error`);
+        with binary="positive", closed="right" it equals uncertainty-calibration's
+        `lower_bound_scaling_ce(p, y, p=2, debias=True, binning_scheme=get_equal_prob_bins)`.
 
     Returns:
       Scalar calibration error in [0, 1].
 
     Raises:
-      ValueError / TypeError: as `reliability_bins` (value checks eager-only), or unknown norm.
+      ValueError / TypeError: as `reliability_bins` (value checks eager-only), unknown norm, or
+        debiased=True with a norm other than "l2".
     """
-    _checks.check_option("norm", norm, NORMS)
+    _check_norm(norm, debiased)
     bins = reliability_bins(
         scores,
         labels,
@@ -302,7 +401,7 @@ def ece(
         closed=closed,
         binning=binning,
     )
-    return _calibration_error(bins, norm)
+    return _calibration_error(bins, norm, debiased)
 
 
 @partial(jax.jit, static_argnames=("num_bins", "from_logits", "closed", "norm", "binning"))
@@ -315,7 +414,10 @@ def _classwise_ece(scores, labels, num_bins, from_logits, closed, norm, binning)
     def one_vs_rest(confidence, k):
         target = (labels == k).astype(confidence.dtype)
         edges = _edges(confidence, num_bins, binning)
-        return _calibration_error(_bin_statistics(confidence, target, edges, closed=closed), norm)
+        bins = _bin_statistics(
+            confidence, target, edges, closed=closed, uniform=binning == "uniform"
+        )
+        return _calibration_error(bins, norm)
 
     return jnp.mean(jax.vmap(one_vs_rest, in_axes=(1, 0))(probs, classes))
 
@@ -345,6 +447,48 @@ def classwise_ece(
     _checks.check_option("norm", norm, NORMS)
     scores, labels = _checks.check_scores_labels(scores, labels, from_logits=from_logits)
     return _classwise_ece(scores, labels, num_bins, from_logits, closed, norm, binning)
+
+
+@partial(jax.jit, static_argnames=("num_bins", "from_logits", "closed"))
+def _top_label_ece(scores, labels, num_bins, from_logits, closed):
+    confidence, target = _confidence_and_target(
+        scores, labels, from_logits=from_logits, binary="top_label"
+    )
+    num_classes = 2 if scores.ndim == 1 else scores.shape[1]
+    edges = _edges(confidence, num_bins, "uniform")
+    index = _bin_index(confidence, edges, closed=closed, uniform=True)
+    cell = _predictions(scores, from_logits) * num_bins + index
+    residual = _binned_sums((confidence - target)[:, None], cell, num_classes * num_bins)
+    return jnp.sum(jnp.abs(residual)) / confidence.shape[0]
+
+
+def top_label_ece(
+    scores: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    num_bins: int = 15,
+    from_logits: bool = True,
+    closed: str = "left",
+) -> jax.Array:
+    """Top-label calibration error of Gupta & Ramdas 2021: ECE given the predicted class.
+
+    The samples predicted as class k are binned on their own (uniform bins of the top-label
+    confidence); the result is sum_k P(pred = k) ECE_k = sum over (class, bin) cells of
+    |sum (confidence - correct)| / N. It is at least the top-label `ece`, which pools classes.
+
+    Args:
+      scores: [N] binary logits/probabilities (classes 0 and 1) or [N, K] logits/probabilities.
+      labels: [N] int labels.
+      num_bins: uniform bins B >= 1 per predicted class (static).
+      from_logits: whether `scores` are logits or probabilities.
+      closed: "left" ([lo, hi), last bin closed) or "right" ((lo, hi], first bin closed).
+
+    Returns:
+      Scalar top-label calibration error in [0, 1].
+    """
+    num_bins = _check_bin_options(num_bins, "top_label", closed, "uniform")
+    scores, labels = _checks.check_scores_labels(scores, labels, from_logits=from_logits)
+    return _top_label_ece(scores, labels, num_bins, from_logits, closed)
 
 
 def _log_likelihood(scores: jax.Array, labels: jax.Array, from_logits: bool) -> jax.Array:
@@ -467,19 +611,25 @@ def _ece_bootstrap(
     n = conf.shape[0]
 
     def error(c, t):
-        bins = _bin_statistics(c, t, _edges(c, num_bins, binning), closed=closed)
+        edges = _edges(c, num_bins, binning)
+        bins = _bin_statistics(c, t, edges, closed=closed, uniform=binning == "uniform")
         return _calibration_error(bins, norm)
 
     def resample(r):
-        index = jax.random.randint(jax.random.fold_in(key, r), (n,), 0, n)
+        index = _resample_indices(jax.random.fold_in(key, r), n)
         return error(conf[index], target[index])
 
     # Round up to whole chunks (one compiled loop body, no remainder body), then drop extras.
     padded = -(-num_resamples // batch_size) * batch_size
     replicates = jax.lax.map(resample, jnp.arange(padded), batch_size=batch_size)[:num_resamples]
     alpha = (1.0 - confidence) / 2.0
-    lower, upper = jnp.quantile(replicates, jnp.stack([alpha, 1.0 - alpha]).astype(conf.dtype))
-    return BootstrapInterval(error(conf, target), lower, upper)
+    levels = jnp.stack([alpha, 0.5, 1.0 - alpha]).astype(conf.dtype)
+    q_lo, median, q_hi = jnp.quantile(replicates, levels)
+    plug_in = error(conf, target)
+    # Basic bootstrap: the resampled errors overshoot e as e overshoots the true error, so the
+    # interval reflects the percentiles about e (the percentile interval would be shifted up).
+    lower, estimate, upper = (jnp.maximum(2.0 * plug_in - q, 0.0) for q in (q_hi, median, q_lo))
+    return BootstrapInterval(estimate, lower, upper, plug_in)
 
 
 def ece_bootstrap(
@@ -496,24 +646,30 @@ def ece_bootstrap(
     norm: str = "l1",
     binning: str = "uniform",
 ) -> BootstrapInterval:
-    """ECE with a percentile bootstrap confidence interval, in one compiled call.
+    """Bias-corrected ECE with a basic bootstrap confidence interval, in one compiled call.
+
+    The plug-in ECE e is biased upward (|noise| adds to every bin's gap), and each resampled
+    error e* is biased upward from e by about as much. The percentile interval of e* is then
+    shifted above e (at N = 10,000 it can exclude e). The basic (reverse-percentile) bootstrap
+    [2 e - q_hi, 2 e - q_lo] reflects that shift, and its bias-corrected centre 2 e - median(e*)
+    lies inside it by construction; bounds are clipped at 0. Coverage of the population error
+    is tested on calibrated and miscalibrated simulated data.
 
     Each resample draws N samples with replacement (its key is `fold_in(key, r)`) and
     recomputes the binned error (quantile edges are re-estimated per resample); resamples are
-    vmapped in chunks with `lax.map`, so memory stays O(chunk * N).
+    vmapped in chunks with `lax.map` sized by N and num_bins, so memory stays bounded.
 
     Args:
       scores: [N] or [N, K] scores, as in `ece`.
       labels: [N] int labels.
       key: a `jax.random` key.
       num_resamples: number of bootstrap resamples R >= 1 (static).
-      confidence: coverage of the interval in (0, 1); 0.95 gives the 2.5 % and 97.5 %
+      confidence: coverage of the interval in (0, 1); 0.95 reflects the 2.5 % and 97.5 %
         percentiles of the resampled errors.
       num_bins, from_logits, binary, closed, norm, binning: as in `ece`.
 
     Returns:
-      BootstrapInterval(estimate, lower, upper): the error on the full data and the percentile
-      interval of the resampled errors (scalars).
+      BootstrapInterval(estimate, lower, upper, plug_in) (scalars).
     """
     num_bins = _check_bin_options(num_bins, binary, closed, binning)
     _checks.check_option("norm", norm, NORMS)
@@ -521,9 +677,12 @@ def ece_bootstrap(
     confidence = _checks.check_probability("confidence", confidence)
     key = _checks.check_key("key", key)
     scores, labels = _checks.check_scores_labels(scores, labels, from_logits=from_logits)
-    # Resamples evaluated together: ~2^18 gathered samples per chunk (measured: 25 resamples of
-    # 10,000 samples per chunk ran 1.6x faster than 1 and 1.2x faster than 500).
-    batch_size = max(1, min(num_resamples, (1 << 18) // scores.shape[0]))
+    # Resamples evaluated together: ~2^16 gathered samples and partial bin sums per chunk
+    # (measured, 10,000 samples: 8 resamples per chunk ran 2.5x faster than 26, 3.5x faster
+    # than 1 and 6x faster than 100); a resample holds N samples and B sums per SUM_CHUNK.
+    n = scores.shape[0]
+    per_resample = n + num_bins * -(-n // SUM_CHUNK)
+    batch_size = max(1, min(num_resamples, (1 << 16) // per_resample))
     return _ece_bootstrap(
         scores,
         labels,

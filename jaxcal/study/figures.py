@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from jaxcal import calibration, plotting
+from jaxcal.study.beyond_bins import figure_path, smooth_reliability_figure
 from jaxcal.study.report import save_figure_atomic
 from jaxcal.study.results import CalibrationStudy
 
@@ -46,6 +47,15 @@ def save_study_figures(study: CalibrationStudy, out_dir: str | pathlib.Path) -> 
     )
     figures["Effect of the logit scale a = 1/T (0.5, optimal, 1.5)"] = save_figure_atomic(
         fig, out_dir / "scale_effect.png"
+    )
+    fig = smooth_reliability_figure(
+        study.test.raw.beyond,
+        scaled.test.beyond,
+        binary=study.binary,
+        temperature=scaled.temperature,
+    )
+    figures["Test-set smooth reliability (95 % bootstrap band) before and after"] = (
+        save_figure_atomic(fig, figure_path(out_dir))
     )
     figures.update(_sweep_figures(study, out_dir))
     return figures

@@ -7,6 +7,7 @@ import dataclasses
 import jax
 
 from jaxcal import calibration
+from jaxcal.study.beyond_bins import BeyondBins, measure_beyond_bins
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +24,8 @@ class Measures:
       rmsce: root mean square calibration error.
       nll: mean negative log-likelihood.
       brier: Brier score.
+      beyond: smooth ECE, KS, debiased L2, calibration-test p-value and the smooth curve
+        (test split only; None elsewhere).
     """
 
     bins: calibration.ReliabilityBins
@@ -31,11 +34,15 @@ class Measures:
     rmsce: float
     nll: float
     brier: float
+    beyond: BeyondBins | None
 
     def to_json(self, suffix: str) -> dict[str, float]:
         """{"ece_<suffix>": ..., "mce_<suffix>": ..., ...} (bins left out)."""
         names = ("ece", "mce", "rmsce", "nll", "brier")
-        return {f"{name}_{suffix}": getattr(self, name) for name in names}
+        return {
+            **{f"{name}_{suffix}": getattr(self, name) for name in names},
+            **(self.beyond.to_json(suffix) if self.beyond else {}),
+        }
 
 
 def measure(
@@ -45,6 +52,7 @@ def measure(
     num_bins: int,
     binary: str,
     from_logits: bool = True,
+    beyond: bool = False,
 ) -> Measures:
     """Bins `scores` once and derives every measure of `Measures` from them.
 
@@ -54,6 +62,7 @@ def measure(
       num_bins: equal-width bins.
       binary: "positive" or "top_label" for [N] scores.
       from_logits: whether `scores` are logits.
+      beyond: also the measures of `BeyondBins` (about a second more per split).
     """
     bins = calibration.reliability_bins(
         scores, labels, num_bins=num_bins, binary=binary, from_logits=from_logits
@@ -65,4 +74,9 @@ def measure(
         rmsce=float(calibration.calibration_error(bins, "l2")),
         nll=float(calibration.nll(scores, labels, from_logits=from_logits)),
         brier=float(calibration.brier_score(scores, labels, from_logits=from_logits)),
+        beyond=measure_beyond_bins(
+            scores, labels, num_bins=num_bins, binary=binary, from_logits=from_logits
+        )
+        if beyond
+        else None,
     )

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from jaxcal import plotting
+from jaxcal.study.beyond_bins import table_rows
 from jaxcal.study.results import CalibrationStudy
 
 
@@ -50,6 +51,7 @@ def calibration_table(study: CalibrationStudy) -> str:
     lines.append(
         f"| ECE 95 % bootstrap interval | [{lo_b:.4f}, {hi_b:.4f}] | [{lo_a:.4f}, {hi_a:.4f}] |"
     )
+    lines += table_rows(test.raw.beyond, scaled.test.beyond)
     lines.append(f"| accuracy | {test.accuracy:.4f} | {test.accuracy:.4f} |")
     return "\n".join(lines)
 

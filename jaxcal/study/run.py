@@ -72,7 +72,7 @@ def _split_result(logits, labels, config: StudyConfig, binary: str, *, bootstrap
     return SplitResult(
         size=int(logits.shape[0]),
         accuracy=float(calibration.accuracy(logits, labels)),
-        raw=measure(logits, labels, num_bins=config.num_bins, binary=binary),
+        raw=measure(logits, labels, num_bins=config.num_bins, binary=binary, beyond=bootstrap),
         ece_interval=_ece_interval(logits, labels, config, binary) if bootstrap else None,
     )
 
@@ -95,7 +95,7 @@ def _method_result(val, test, config: StudyConfig, binary: str) -> MethodResult:
     kw = {"num_bins": config.num_bins, "binary": binary}
     return MethodResult(
         val=measure(*val, **kw),
-        test=measure(*test, **kw),
+        test=measure(*test, beyond=True, **kw),
         test_ece_interval=_ece_interval(*test, config, binary),
     )
 

@@ -1,0 +1,300 @@
+"""jaxcal's calibration measures against torchmetrics, netcal, relplot and a numpy bootstrap.
+
+Run `python -m benchmarks.calibration_peers [--quick] [--json PATH]`. Every row times jaxcal and
+its peer in one interleaved run (A B A B ..., medians) on the same inputs and records both
+values, which must agree; the peak-RSS rows run `ece` in fresh processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import timing
+from jaxcal import calibration
+from jaxcal.calibration.metrics import _resample_indices
+
+NUM_BINS = 15
+# Float32 bin edges of the peers can move a sample lying within rounding of an edge: 2 / N each.
+VALUE_ATOL = 1e-5
+SMOOTH_ATOL = 1e-4  # relplot parity bar of smooth_ece
+
+
+@dataclasses.dataclass(frozen=True)
+class PeersConfig:
+    """Sizes of one run.
+
+    Attributes:
+      sizes: sample counts of the ECE and smooth-ECE rows.
+      bootstrap_size: samples of the bootstrap row.
+      num_resamples: bootstrap resamples.
+      rss_size: samples of the peak-RSS rows.
+      rss_bins: bin counts of the peak-RSS rows.
+      repeats: interleaved timing rounds per row.
+    """
+
+    sizes: tuple[int, ...] = (10_000, 1_000_000)
+    bootstrap_size: int = 10_000
+    num_resamples: int = 1000
+    rss_size: int = 1_000_000
+    rss_bins: tuple[int, ...] = (15, 1000)
+    repeats: int = 5
+
+    @classmethod
+    def quick(cls) -> PeersConfig:
+        return cls(
+            sizes=(2_000,),
+            bootstrap_size=2_000,
+            num_resamples=200,
+            rss_size=100_000,
+            rss_bins=(15, 1000),
+            repeats=2,
+        )
+
+
+def simulated(n: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """float32 probabilities ([N] p(y=1) or [N, K] softmax of overconfident logits), labels."""
+    rng = np.random.default_rng(seed)
+    if classes == 2:
+        z = rng.normal(0.0, 2.0, n)
+        labels = (rng.random(n) < 1.0 / (1.0 + np.exp(-z / 1.5))).astype(np.int32)
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32), labels
+    z = rng.normal(0.0, 2.0, (n, classes))
+    probs = np.exp(z - z.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    soft = np.exp((z - z.max(axis=1, keepdims=True)) / 1.5)
+    soft /= soft.sum(axis=1, keepdims=True)
+    labels = (soft.cumsum(axis=1) < rng.random((n, 1))).sum(axis=1).clip(0, classes - 1)
+    return probs.astype(np.float32), labels.astype(np.int32)
+
+
+def _row(task: str, n: int, times: dict[str, list[float]], values: dict[str, float], atol: float):
+    jaxcal_ms = timing.median(times["jaxcal"])
+    row: dict[str, Any] = {"task": task, "n": n, "jaxcal_ms": jaxcal_ms, "peers": {}}
+    for name in times:
+        if name == "jaxcal":
+            continue
+        peer_ms = timing.median(times[name])
+        row["peers"][name] = {
+            "ms": peer_ms,
+            "speedup": round(peer_ms / jaxcal_ms, 2),
+            "value": float(values[name]),
+            "agrees": bool(abs(values[name] - values["jaxcal"]) <= atol),
+        }
+    row["jaxcal_value"] = float(values["jaxcal"])
+    return row
+
+
+def _blocked(fn: Callable[[], Any]) -> Callable[[], Any]:
+    return lambda: jax.block_until_ready(fn())
+
+
+def bench_ece(cfg: PeersConfig, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """`ece` (binary p(y=1) and 10-class top-label) vs torchmetrics and netcal."""
+    import netcal.metrics
+    import torch
+    from torchmetrics.functional.classification import (
+        binary_calibration_error,
+        multiclass_calibration_error,
+    )
+
+    rows = []
+    for classes in (2, 10):
+        for n in cfg.sizes:
+            probs, labels = simulated(n, classes)
+            p_jax, y_jax = jnp.asarray(probs), jnp.asarray(labels)
+            p_torch, y_torch = torch.from_numpy(probs), torch.from_numpy(labels.astype(np.int64))
+            if classes == 2:
+
+                def torchmetrics_ece(p=p_torch, y=y_torch):
+                    return float(binary_calibration_error(p, y, n_bins=NUM_BINS))
+            else:
+
+                def torchmetrics_ece(p=p_torch, y=y_torch, k=classes):
+                    return float(multiclass_calibration_error(p, y, num_classes=k, n_bins=NUM_BINS))
+
+            runs = {
+                "jaxcal": _blocked(
+                    lambda p=p_jax, y=y_jax: calibration.ece(p, y, from_logits=False)
+                ),
+                "torchmetrics": torchmetrics_ece,
+                "netcal": lambda p=probs, y=labels: netcal.metrics.ECE(bins=NUM_BINS).measure(p, y),
+            }
+            values = {name: float(run()) for name, run in runs.items()}
+            times = timing.time_interleaved(runs, repeats=cfg.repeats)
+            task = "ece_binary" if classes == 2 else "ece_10_class"
+            rows.append(_row(task, n, times, values, VALUE_ATOL))
+            log(f"{task} n={n}: {rows[-1]}")
+    return rows
+
+
+def numpy_bootstrap(confidence: np.ndarray, target: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """[R] 15-bin ECE of each resample (rows of `indices`), a numpy loop over resamples."""
+    out = np.empty(len(indices))
+    for r, index in enumerate(indices):
+        c, t = confidence[index], target[index]
+        b = np.minimum((c * NUM_BINS).astype(np.int64), NUM_BINS - 1)
+        gap = np.bincount(b, c - t, NUM_BINS)
+        out[r] = np.abs(gap).sum() / len(c)
+    return out
+
+
+def bench_bootstrap(cfg: PeersConfig, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """`ece_bootstrap` vs the same resampling loop in numpy (same resample indices)."""
+    n, resamples = cfg.bootstrap_size, cfg.num_resamples
+    probs, labels = simulated(n, 2)
+    key = jax.random.key(0)
+    indices = np.asarray(
+        jax.vmap(lambda r: _resample_indices(jax.random.fold_in(key, r), n))(jnp.arange(resamples))
+    )
+    target = labels.astype(np.float32)
+    p_jax, y_jax = jnp.asarray(probs), jnp.asarray(labels)
+
+    def jaxcal_run():
+        return calibration.ece_bootstrap(
+            p_jax, y_jax, key, num_resamples=resamples, from_logits=False
+        ).upper
+
+    def basic_upper(replicates):
+        plug_in = numpy_bootstrap(probs, target, np.arange(n)[None])[0]
+        return max(2 * plug_in - np.quantile(replicates, 0.025), 0.0)
+
+    def numpy_run():
+        rng = np.random.default_rng(0)
+        draws = (rng.integers(0, n, n) for _ in range(resamples))
+        return basic_upper(np.concatenate([numpy_bootstrap(probs, target, [i]) for i in draws]))
+
+    # Timed: the numpy loop draws its own indices. Compared: the same loop on jaxcal's indices.
+    values = {
+        "jaxcal": float(jaxcal_run()),
+        "numpy": basic_upper(numpy_bootstrap(probs, target, indices)),
+    }
+    runs = {"jaxcal": _blocked(jaxcal_run), "numpy": numpy_run}
+    times = timing.time_interleaved(runs, repeats=max(2, cfg.repeats // 2))
+    row = _row("ece_bootstrap_upper", n, times, values, VALUE_ATOL)
+    row["num_resamples"] = resamples
+    log(f"ece_bootstrap n={n}: {row}")
+    return [row]
+
+
+def bench_smooth_ece(cfg: PeersConfig, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """`smooth_ece` (fixed-point bandwidth) vs `relplot.smECE`."""
+    import relplot
+
+    rows = []
+    for n in cfg.sizes:
+        probs, labels = simulated(n, 2, seed=1)
+        p_jax, y_jax = jnp.asarray(probs), jnp.asarray(labels)
+        p64 = probs.astype(np.float64)
+        runs = {
+            "jaxcal": _blocked(
+                lambda p=p_jax, y=y_jax: calibration.smooth_ece(p, y, from_logits=False).error
+            ),
+            "relplot": lambda p=p64, y=labels: relplot.smECE(p, y),
+        }
+        values = {name: float(run()) for name, run in runs.items()}
+        times = timing.time_interleaved(runs, repeats=max(2, cfg.repeats // 2))
+        rows.append(_row("smooth_ece", n, times, values, SMOOTH_ATOL))
+        log(f"smooth_ece n={n}: {rows[-1]}")
+    return rows
+
+
+RSS_SCRIPT = """
+import resource, sys
+import numpy as np
+import jax, jax.numpy as jnp
+from jaxcal.calibration import ece
+n, bins = int(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(0)
+z = jnp.asarray(rng.normal(0, 2, n).astype(np.float32))
+y = jnp.asarray((rng.random(n) < 0.5).astype(np.int32))
+jax.block_until_ready((z, y))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ece(z, y, num_bins=bins).block_until_ready()
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def bench_peak_rss(cfg: PeersConfig, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Peak RSS (MiB) of one `ece` call in a fresh process, per bin count."""
+    rows = []
+    for bins in cfg.rss_bins:
+        result = subprocess.run(
+            [sys.executable, "-c", RSS_SCRIPT, str(cfg.rss_size), str(bins)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+        before, after = (int(v) for v in result.stdout.split())
+        rows.append(
+            {
+                "task": "ece_peak_rss",
+                "n": cfg.rss_size,
+                "num_bins": bins,
+                "peak_rss_mib": round(after / 1024, 1),
+                "added_by_ece_mib": round((after - before) / 1024, 1),
+            }
+        )
+        log(f"peak rss: {rows[-1]}")
+    return rows
+
+
+def run(quick: bool = False, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Runs every row and returns the report (machine, config, rows)."""
+    cfg = PeersConfig.quick() if quick else PeersConfig()
+    rows = []
+    for bench in (bench_ece, bench_bootstrap, bench_smooth_ece, bench_peak_rss):
+        rows.extend(bench(cfg, log))
+    return {
+        "machine": timing.machine_info(),
+        "config": {"quick": quick, **dataclasses.asdict(cfg)},
+        "rows": rows,
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The rows as a markdown table (ms are medians of interleaved runs)."""
+    lines = [
+        "| task | N | jaxcal ms | peer | peer ms | speedup | values agree |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        if row["task"] == "ece_peak_rss":
+            lines.append(
+                f"| ece peak RSS, {row['num_bins']} bins | {row['n']:,} | "
+                f"{row['peak_rss_mib']} MiB (+{row['added_by_ece_mib']}) | | | | |"
+            )
+            continue
+        for name, peer in row["peers"].items():
+            lines.append(
+                f"| {row['task']} | {row['n']:,} | {row['jaxcal_ms']:.2f} | {name} | "
+                f"{peer['ms']:.2f} | {peer['speedup']}x | {peer['agrees']} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a minute on 2 cores")
+    parser.add_argument("--json", type=pathlib.Path, help="write the report as JSON here")
+    args = parser.parse_args(argv)
+    report = run(quick=args.quick, log=lambda m: print(m, file=sys.stderr))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
