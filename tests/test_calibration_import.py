@@ -23,6 +23,12 @@ def test_import_pulls_in_no_heavy_frameworks():
         "jaxcal",
         "jaxcal.calibration",
         "jaxcal.calibration._checks",
+        "jaxcal.calibration._ensemble",
+        "jaxcal.calibration._histogram",
+        "jaxcal.calibration._isotonic",
+        "jaxcal.calibration._lbfgs",
+        "jaxcal.calibration._scaling",
+        "jaxcal.calibration.calibrators",
         "jaxcal.calibration.metrics",
         "jaxcal.calibration.temperature",
     }
