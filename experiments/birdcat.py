@@ -17,201 +17,164 @@ report.md to --out.
 from __future__ import annotations
 
 import argparse
-import time
+import dataclasses
+import pathlib
 from collections.abc import Sequence
 
-import jax
 from flax import nnx
 
-from experiments import cli
+from experiments import cli, pipeline
 from jaxcal import data, models, plotting, study, train
 
-# Long enough on few images that LeNet-5 overfits and turns overconfident (T > 1), as the
-# original does on the full data.
-QUICK = {"max_train": 4000, "max_test": 1000, "epochs": 20}
-QUICK_STUDY = {"num_temperatures": 300, "num_resamples": 300}
+
+@dataclasses.dataclass(frozen=True)
+class BirdCatRecipe(cli.Recipe):
+    """The first notebook's settings (Adam 1e-3, batch 64, 10 epochs) and the model to train.
+
+    Attributes:
+      model: "lenet5" (the notebook's), "lenet5_bn" (batch norm + dropout) or "resnet18"
+        (frozen pretrained backbone, new one-logit head).
+      weights: ResNet18 weights (see `cli.WEIGHTS_HELP`).
+    """
+
+    model: str = "lenet5"
+    weights: str | None = None
+
+    def quick(self) -> BirdCatRecipe:
+        """Long enough on few images that LeNet-5 overfits and turns overconfident (T > 1), as
+        the original does on the full data."""
+        return dataclasses.replace(
+            self, max_train=4000, max_test=1000, epochs=20, num_temperatures=300, num_resamples=300
+        )
 
 
-class Head(nnx.Module):
-    """A linear head on precomputed backbone features (the frozen-backbone fast path)."""
-
-    def __init__(self, fc: nnx.Linear):
-        self.fc = fc
-
-    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """Logits [B, K] of features x: [B, 1, 1, 512] (stored as 1 x 1 images for `fit`)."""
-        return self.fc(x.reshape(x.shape[0], -1))
-
-
-class Backbone(nnx.Module):
-    """ResNet18's pooled features, as a model `train.predict_logits` can run in eval mode."""
-
-    def __init__(self, resnet: models.ResNet18):
-        self.resnet = resnet
-
-    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        return self.resnet.backbone(x)
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The options, checked (bad ones exit with code 2 and the option's name)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.birdcat", description=__doc__.split("\n\n")[0]
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, BirdCatRecipe]:
+    """(run options, recipe), checked (bad ones exit with code 2 and the option's name)."""
+    recipe = BirdCatRecipe()
+    parser = cli.parser_for(
+        "python -m experiments.birdcat", __doc__, recipe, default_out="runs/birdcat"
     )
-    cli.add_common_arguments(parser, default_out="runs/birdcat")
-    parser.add_argument("--model", choices=("lenet5", "lenet5_bn", "resnet18"), default="lenet5")
-    parser.add_argument("--weights", default=None, help=cli.WEIGHTS_HELP)
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    cli.add_recipe_option(
+        parser, recipe, "--model", str, "model", choices=("lenet5", "lenet5_bn", "resnet18")
+    )
+    cli.add_recipe_option(parser, recipe, "--weights", str, cli.WEIGHTS_HELP)
+    cli.add_recipe_option(
+        parser, recipe, "--lr", cli.positive_float, "Adam learning rate", dest="learning_rate"
+    )
     args = parser.parse_args(argv)
-    cli.check_numbers(parser, args, "epochs", "batch_size")
-    if args.model == "resnet18":
-        cli.require_weights(parser, args)
-    elif args.weights is not None:
+    recipe = cli.recipe_from_args(recipe, args)
+    if recipe.model == "resnet18":
+        cli.require_weights(parser, recipe.weights)
+    elif recipe.weights is not None:
         parser.error("--weights goes with --model resnet18")
-    args.checkpoints = cli.check_out_dir(parser, args)
-    return args
+    cli.check_out_dir(parser, args)
+    return args, recipe
 
 
-def train_lenet(args, splits, config, preprocess):
-    """LeNet-5 (or its BatchNorm variant) trained end to end; returns (model, history, predict)."""
-    preset = "birdcat" if args.model == "lenet5" else "lenet5_bn"
-    model = models.LeNet5(models.LeNetConfig.preset(preset), rngs=nnx.Rngs(args.seed))
-    history = train.fit(
-        model,
-        (splits.train.images, splits.train.labels),
-        (splits.val.images, splits.val.labels),
-        config,
-        preprocess=preprocess,
-        checkpoint_dir=args.checkpoints,
-        resume=args.resume,
-        progress=not args.no_progress,
+def train_config(recipe: BirdCatRecipe) -> train.TrainConfig:
+    """The notebook's optimiser: Adam, BCE on one logit."""
+    return train.TrainConfig(
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        optimizer="adam",
+        learning_rate=recipe.learning_rate,
+        seed=recipe.seed,
     )
-    return model, history, lambda images: train.predict_logits(model, images, preprocess=preprocess)
 
 
-def train_resnet_head(args, splits, config, preprocess):
-    """Frozen pretrained backbone, new one-logit head; returns (model, history, predict).
+def train_lenet(recipe: BirdCatRecipe, splits: data.DatasetSplits, fit_options) -> pipeline.Trained:
+    """LeNet-5 (or its BatchNorm variant) trained end to end on normalised images."""
+    preset = "birdcat" if recipe.model == "lenet5" else "lenet5_bn"
+    model = models.LeNet5(models.LeNetConfig.preset(preset), rngs=nnx.Rngs(recipe.seed))
+    preprocess = data.make_preprocess(*data.CIFAR_MEAN_STD)
+    return pipeline.fit_on_splits(
+        model, splits, train_config(recipe), fit_options, preprocess=preprocess
+    )
+
+
+def train_resnet_head(
+    recipe: BirdCatRecipe, splits: data.DatasetSplits, fit_options
+) -> pipeline.Trained:
+    """Frozen pretrained backbone, new one-logit head `fc`.
 
     The frozen backbone runs in eval mode (running BatchNorm statistics) and the inputs are
     not augmented, so its features are fixed: they are computed once and the head is trained
-    on them, which gives the same head as training through the backbone, epochs times faster.
+    on the [N, 512] features, which gives the same head as training through the backbone,
+    epochs times faster.
     """
-    resnet = cli.load_resnet18(args.weights, 1, seed=args.seed)
-    backbone = Backbone(resnet)
+    resnet = cli.load_resnet18(recipe.weights, 1, seed=recipe.seed)
+    preprocess = data.make_preprocess(*data.IMAGENET_MEAN_STD, resize_to=224)
 
     def features(images):
-        pooled = train.predict_logits(backbone, images, batch_size=32, preprocess=preprocess)
-        return pooled[:, None, None, :]
+        return train.predict_logits(
+            resnet, images, batch_size=32, preprocess=preprocess, method="backbone"
+        )
 
-    train_x, val_x = features(splits.train.images), features(splits.val.images)
-    head = Head(resnet.fc)
+    config = train_config(recipe)
     history = train.fit(
-        head,
-        (train_x, splits.train.labels),
-        (val_x, splits.val.labels),
+        resnet.fc,
+        (features(splits.train.images), splits.train.labels),
+        (features(splits.val.images), splits.val.labels),
         config,
-        checkpoint_dir=args.checkpoints,
-        resume=args.resume,
-        progress=not args.no_progress,
+        **fit_options,
     )
-    resnet.fc = head.fc
-    return (
+    return pipeline.Trained(
         resnet,
         history,
+        config,
         lambda images: train.predict_logits(resnet, images, batch_size=32, preprocess=preprocess),
+        models.parameter_count(resnet.fc),
+    )
+
+
+def describe(
+    recipe: BirdCatRecipe, out: pathlib.Path, splits: data.DatasetSplits, studied
+) -> pipeline.Report:
+    """The training images, the setup rows, and the one-line summary."""
+    run = studied[None]
+    fig = plotting.image_grid(
+        None, splits.train.images[:16], splits.train.labels[:16], splits.class_names
+    )
+    samples = study.save_figure_atomic(fig, out / "samples.png")
+    config, history = run.trained.config, run.trained.history
+    model = (
+        f"ResNet18 (weights: {recipe.weights}), frozen; a new one-logit head trained on "
+        "224 x 224 ImageNet-normalised inputs"
+        if recipe.model == "resnet18"
+        else f"{recipe.model}, one logit, inputs normalised with mean = std = 0.5"
+    )
+    test = run.study.test
+    scaled = run.study.temperature
+    return pipeline.Report(
+        title=f"Birds vs cats: calibration of {recipe.model}",
+        setup={
+            "classes": " = 0, ".join(splits.class_names) + " = 1",
+            "model": model,
+            "parameters": f"{models.parameter_count(run.trained.model):,} "
+            f"(trained: {run.trained.trained_parameters:,})",
+            "training": f"{config.optimizer} lr {config.learning_rate}, batch "
+            f"{config.batch_size}, {history.epochs_run} epochs, BCE with logits",
+        },
+        metrics=run.metrics(),
+        sections=[("Calibration on the test set", study.calibration_table(run.study))],
+        figures={"Training images and their labels": samples, **run.figures},
+        console=f"test accuracy {test.accuracy:.4f}; ECE {test.raw.ece:.4f} -> "
+        f"{scaled.test.ece:.4f} at T = {scaled.temperature:.3f}",
     )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Runs the study with command-line arguments `argv`; returns what metrics.json holds."""
-    args = parse_args(argv)
-    quick = QUICK if args.quick else {}
-    started = time.perf_counter()
-    config = train.TrainConfig(
-        epochs=args.epochs or quick.get("epochs", 10),
-        batch_size=args.batch_size or 64,
-        optimizer="adam",
-        learning_rate=args.lr,
-        seed=args.seed,
-    )
-    splits = cli.load_splits(
-        data.load_birdcat,
+    args, recipe = parse_args(argv)
+    trainer = train_resnet_head if recipe.model == "resnet18" else train_lenet
+    return pipeline.run(
         args,
-        batch_size=config.batch_size,
-        max_train=args.max_train or quick.get("max_train"),
-        max_test=args.max_test or quick.get("max_test"),
+        recipe,
+        load=data.load_birdcat,
+        batch_size=recipe.batch_size,
+        build_and_train=lambda _, splits, fit_options: trainer(recipe, splits, fit_options),
+        describe=lambda splits, studied: describe(recipe, args.out, splits, studied),
     )
-    if args.model == "resnet18":
-        preprocess = data.make_preprocess(*data.IMAGENET_MEAN_STD, resize_to=224)
-        model, history, predict = train_resnet_head(args, splits, config, preprocess)
-    else:
-        preprocess = data.make_preprocess(*data.CIFAR_MEAN_STD)
-        model, history, predict = train_lenet(args, splits, config, preprocess)
-
-    val_logits, test_logits = predict(splits.val.images), predict(splits.test.images)
-    result = study.run_study(
-        val_logits,
-        splits.val.labels,
-        test_logits,
-        splits.test.labels,
-        study.StudyConfig(seed=args.seed, **(QUICK_STUDY if args.quick else {})),
-    )
-
-    out = args.out
-    figures = {}
-    fig = plotting.image_grid(
-        None, splits.train.images[:16], splits.train.labels[:16], splits.class_names
-    )
-    figures["Training images and their labels"] = plotting.save_figure(
-        fig, out / "samples.png"
-    ).name
-    figures.update(cli.save_loss_curves(history, out))
-    figures.update(study.save_study_figures(result, out))
-
-    setup = {
-        "data": splits.description,
-        "images (train / val / test)": (
-            f"{len(splits.train.labels)} / {len(splits.val.labels)} / {len(splits.test.labels)}"
-        ),
-        "classes": " = 0, ".join(splits.class_names) + " = 1",
-        "model": (
-            f"ResNet18 (weights: {args.weights}), frozen; a new one-logit head trained on "
-            "224 x 224 ImageNet-normalised inputs"
-            if args.model == "resnet18"
-            else f"{args.model}, one logit, inputs normalised with mean = std = 0.5"
-        ),
-        "parameters": f"{models.parameter_count(model):,} "
-        f"(trained: {models.parameter_count(model.fc if args.model == 'resnet18' else model):,})",
-        "training": f"{config.optimizer} lr {config.learning_rate}, batch {config.batch_size}, "
-        f"{history.epochs_run} epochs, BCE with logits",
-        "seed": args.seed,
-        "quick": args.quick,
-        **cli.environment(),
-    }
-    metrics = {
-        **result.metrics,
-        "training": {
-            "epochs_run": history.epochs_run,
-            "train_loss": history.train_loss,
-            "val_loss": history.val_loss,
-            "val_accuracy": history.val_accuracy,
-        },
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    report = study.write_outputs(
-        out,
-        title=f"Birds vs cats: calibration of {args.model}",
-        setup=setup,
-        metrics=metrics,
-        sections=[("Calibration on the test set", study.calibration_table(result.metrics))],
-        figures=figures,
-    )
-    print(
-        f"test accuracy {metrics['test']['accuracy']:.4f}; ECE "
-        f"{metrics['test']['ece_before']:.4f} -> {metrics['test']['ece_after']:.4f} at "
-        f"T = {metrics['temperature']:.3f}; report: {report}"
-    )
-    return metrics
 
 
 if __name__ == "__main__":

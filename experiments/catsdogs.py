@@ -17,112 +17,170 @@ torchvision layout as a small real stand-in for TFDS `cats_vs_dogs`.
 from __future__ import annotations
 
 import argparse
-import time
+import dataclasses
+import functools
+import pathlib
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 
-from experiments import cli
+from experiments import cli, pipeline
 from jaxcal import data, metrics, models, plotting, study, train
 
-QUICK = {"max_train": 256, "max_test": 128, "epochs": 2, "image_size": 64}
-QUICK_STUDY = {"num_temperatures": 200, "num_resamples": 200}
+
+@dataclasses.dataclass(frozen=True)
+class CatsDogsRecipe(cli.Recipe):
+    """The cats-vs-dogs notebook's settings: Adam 1e-5, batch 32, up to 20 epochs, patience 3.
+
+    Attributes:
+      weights: ResNet18 weights (see `cli.WEIGHTS_HELP`).
+      image_size: network input side.
+      patience: early-stopping patience on validation accuracy.
+    """
+
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 1e-5
+    weights: str | None = None
+    image_size: int = 224
+    patience: int = 3
+
+    def quick(self) -> CatsDogsRecipe:
+        """A few small images for two epochs."""
+        return dataclasses.replace(
+            self,
+            max_train=256,
+            max_test=128,
+            epochs=2,
+            image_size=64,
+            num_temperatures=200,
+            num_resamples=200,
+        )
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The options, checked (bad ones exit with code 2 and the option's name)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.catsdogs", description=__doc__.split("\n\n")[0]
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, CatsDogsRecipe]:
+    """(run options, recipe), checked (bad ones exit with code 2 and the option's name)."""
+    recipe = CatsDogsRecipe()
+    parser = cli.parser_for(
+        "python -m experiments.catsdogs", __doc__, recipe, default_out="runs/catsdogs"
     )
-    cli.add_common_arguments(parser, default_out="runs/catsdogs")
-    parser.add_argument("--weights", default=None, help=cli.WEIGHTS_HELP)
-    parser.add_argument(
-        "--image-size", type=int, default=None, help="network input side (default 224)"
+    cli.add_recipe_option(parser, recipe, "--weights", str, cli.WEIGHTS_HELP)
+    cli.add_recipe_option(parser, recipe, "--image-size", cli.positive_int, "network input side")
+    cli.add_recipe_option(
+        parser, recipe, "--lr", cli.positive_float, "Adam learning rate", dest="learning_rate"
     )
-    parser.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate")
-    parser.add_argument("--patience", type=int, default=3, help="early-stopping patience")
+    cli.add_recipe_option(parser, recipe, "--patience", cli.positive_int, "early-stopping patience")
     args = parser.parse_args(argv)
-    cli.check_numbers(parser, args, "epochs", "batch_size", "image_size", "patience")
-    cli.require_weights(parser, args)
-    args.checkpoints = cli.check_out_dir(parser, args)
-    return args
+    recipe = cli.recipe_from_args(recipe, args)
+    cli.require_weights(parser, recipe.weights)
+    cli.check_out_dir(parser, args)
+    return args, recipe
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    """Runs the study with command-line arguments `argv`; returns what metrics.json holds."""
-    args = parse_args(argv)
-    quick = QUICK if args.quick else {}
-    image_size = args.image_size or quick.get("image_size", 224)
-    batch_size = args.batch_size or 32
-    started = time.perf_counter()
-    # The CIFAR-sized stand-ins (local, synthetic) stay 32 x 32 and are resized on device inside
-    # the jitted step, so 224 x 224 copies never sit in memory; TFDS photos vary in size and
-    # are resized when read.
-    splits = cli.load_splits(
-        data.load_cats_vs_dogs,
-        args,
-        batch_size=batch_size,
-        image_size=image_size if args.data == "tfds" else None,
-        max_train=args.max_train or quick.get("max_train"),
-        max_test=args.max_test or quick.get("max_test"),
-    )
-    model = cli.load_resnet18(args.weights, 2, seed=args.seed)
-    train_preprocess = data.make_preprocess(
+def load(recipe: CatsDogsRecipe, source: str, data_dir, **kwargs) -> data.DatasetSplits:
+    """The cat/dog splits. The CIFAR-sized stand-ins (local, synthetic) stay 32 x 32 and are
+    resized on device inside the jitted step, so 224 x 224 copies never sit in memory; TFDS
+    photos vary in size and are resized when read."""
+    image_size = recipe.image_size if source == "tfds" else None
+    return data.load_cats_vs_dogs(source, data_dir, image_size=image_size, **kwargs)
+
+
+def train_resnet(recipe: CatsDogsRecipe, splits: data.DatasetSplits, fit_options):
+    """ResNet18, everything frozen but layer4 and a new 2-class head, augmented on device."""
+    model = cli.load_resnet18(recipe.weights, 2, seed=recipe.seed)
+    preprocess = data.make_preprocess(
         *data.IMAGENET_MEAN_STD,
-        resize_to=image_size,
-        augment=data.AugmentConfig.catsdogs(output_size=image_size),
+        resize_to=recipe.image_size,
+        augment=data.AugmentConfig.catsdogs(output_size=recipe.image_size),
     )
     config = train.TrainConfig(
-        epochs=args.epochs or quick.get("epochs", 20),
-        batch_size=batch_size,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
         optimizer="adam",
-        learning_rate=args.lr,
+        learning_rate=recipe.learning_rate,
         trainable=("layer4", "fc"),
-        patience=args.patience,
+        patience=recipe.patience,
         monitor="val_accuracy",
-        seed=args.seed,
+        seed=recipe.seed,
         eval_batch_size=64,
     )
-    history = train.fit(
+    return pipeline.fit_on_splits(
         model,
-        (splits.train.images, splits.train.labels),
-        (splits.val.images, splits.val.labels),
+        splits,
         config,
-        preprocess=train_preprocess,
-        checkpoint_dir=args.checkpoints,
-        resume=args.resume,
-        progress=not args.no_progress,
+        fit_options,
+        preprocess=preprocess,
+        batch_size=64,
+        trained_parameters=sum(
+            models.parameter_count(getattr(model, name)) for name in config.trainable
+        ),
     )
 
-    def predict(images):
-        return train.predict_logits(model, images, batch_size=64, preprocess=train_preprocess)
 
-    val_logits, test_logits = predict(splits.val.images), predict(splits.test.images)
-    labels = splits.test.labels
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """Test-set classification with dog as the positive class.
+
+    Attributes:
+      precision, recall, f1: of the argmax predictions.
+      roc_auc: area under the ROC curve of the score P(dog).
+      confusion: [2, 2] confusion matrix (rows: true, columns: predicted).
+      roc: (false positive rates, true positive rates) of the ROC curve.
+      predictions: [N] argmax predictions.
+      p_dog: [N] P(dog).
+    """
+
+    precision: float
+    recall: float
+    f1: float
+    roc_auc: float
+    confusion: np.ndarray
+    roc: tuple[np.ndarray, np.ndarray]
+    predictions: np.ndarray
+    p_dog: np.ndarray
+
+    def to_json(self, accuracy: float) -> dict:
+        """The metrics.json entry (with the study's accuracy)."""
+        return {
+            "accuracy": accuracy,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "roc_auc": self.roc_auc,
+            "confusion_matrix": self.confusion.tolist(),
+        }
+
+
+def classify(labels: np.ndarray, test_logits: jax.Array) -> Classification:
+    """Precision, recall, F1, ROC and the confusion matrix of [N, 2] test logits."""
     p_dog = np.asarray(jax.nn.softmax(test_logits)[:, 1])
     predictions = np.asarray(test_logits.argmax(-1))
     prf = metrics.precision_recall_f1(labels, predictions)
-    confusion = metrics.confusion_matrix(labels, predictions, 2)
     fpr, tpr, _ = metrics.roc_curve(labels, p_dog)
-    auc = metrics.roc_auc(labels, p_dog)
-    result = study.run_study(
-        val_logits,
-        splits.val.labels,
-        test_logits,
-        labels,
-        study.StudyConfig(seed=args.seed, **(QUICK_STUDY if args.quick else {})),
+    return Classification(
+        precision=float(prf.precision),
+        recall=float(prf.recall),
+        f1=float(prf.f1),
+        roc_auc=float(metrics.roc_auc(labels, p_dog)),
+        confusion=metrics.confusion_matrix(labels, predictions, 2),
+        roc=(fpr, tpr),
+        predictions=predictions,
+        p_dog=p_dog,
     )
 
-    out = args.out
-    figures = {}
-    figures.update(cli.save_loss_curves(history, out))
-    ax = plotting.confusion_matrix_plot(None, confusion, splits.class_names)
-    figures["Confusion matrix (test)"] = plotting.save_figure(
-        ax.figure, out / "confusion_matrix.png"
-    ).name
-    ax = plotting.roc_plot(None, fpr, tpr, auc)
-    figures["ROC curve (test, P(dog))"] = plotting.save_figure(ax.figure, out / "roc.png").name
+
+def classification_figures(
+    out: pathlib.Path, splits: data.DatasetSplits, result: Classification
+) -> dict[str, str]:
+    """The confusion matrix, the ROC curve and a grid of correct and incorrect predictions."""
+    ax = plotting.confusion_matrix_plot(None, result.confusion, splits.class_names)
+    figures = {
+        "Confusion matrix (test)": study.save_figure_atomic(ax.figure, out / "confusion_matrix.png")
+    }
+    ax = plotting.roc_plot(None, *result.roc, result.roc_auc)
+    figures["ROC curve (test, P(dog))"] = study.save_figure_atomic(ax.figure, out / "roc.png")
+    labels, predictions = splits.test.labels, result.predictions
     correct = np.flatnonzero(predictions == labels)[:8]
     wrong = np.flatnonzero(predictions != labels)[:8]
     shown = np.concatenate([correct, wrong])
@@ -132,88 +190,82 @@ def main(argv: Sequence[str] | None = None) -> dict:
         labels[shown],
         splits.class_names,
         predictions=predictions[shown],
-        probabilities=np.where(predictions[shown] == 1, p_dog[shown], 1 - p_dog[shown]),
+        probabilities=np.where(
+            predictions[shown] == 1, result.p_dog[shown], 1 - result.p_dog[shown]
+        ),
     )
-    figures[f"{len(correct)} correct and {len(wrong)} incorrect test predictions"] = (
-        plotting.save_figure(fig, out / "predictions.png").name
-    )
-    figures.update(study.save_study_figures(result, out))
+    caption = f"{len(correct)} correct and {len(wrong)} incorrect test predictions"
+    figures[caption] = study.save_figure_atomic(fig, out / "predictions.png")
+    return figures
 
-    classification = {
-        "accuracy": result.metrics["test"]["accuracy"],
-        "precision": float(prf.precision),
-        "recall": float(prf.recall),
-        "f1": float(prf.f1),
-        "roc_auc": float(auc),
-        "confusion_matrix": confusion.tolist(),
-    }
-    all_metrics = {
-        **result.metrics,
-        "classification": classification,
-        "training": {
-            "epochs_run": history.epochs_run,
-            "best_epoch": history.best_epoch,
-            "stopped_early": history.stopped_early,
-            "train_loss": history.train_loss,
-            "val_loss": history.val_loss,
-            "val_accuracy": history.val_accuracy,
-        },
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    setup = {
-        "data": splits.description,
-        "images (train / val / test)": (
-            f"{len(splits.train.labels)} / {len(splits.val.labels)} / {len(labels)}"
-        ),
-        "classes": f"{splits.class_names[0]} = 0, {splits.class_names[1]} = 1",
-        "model": f"ResNet18 (weights: {args.weights}), 2-class head; trained: layer4 + fc"
-        + (
-            " (random initialisation: a smoke run, not transfer learning)"
-            if args.weights == "random"
-            else ""
-        ),
-        "parameters": f"{models.parameter_count(model):,} (trained: "
-        f"{sum(models.parameter_count(getattr(model, name)) for name in config.trainable):,})",
-        "input": f"{image_size} x {image_size}, ImageNet normalisation",
-        "training": f"Adam lr {config.learning_rate}, batch {config.batch_size}, "
-        f"{history.epochs_run} epochs (best {history.best_epoch}, patience {config.patience})",
-        "seed": args.seed,
-        "quick": args.quick,
-        **cli.environment(),
-    }
-    positive = splits.class_names[1]
+
+def classification_table(result: Classification, accuracy: float, class_names) -> str:
+    """The markdown table of the classification metrics."""
+    positive = class_names[1]
     rows = [
-        ("accuracy", "accuracy"),
-        (f"precision ({positive} = positive)", "precision"),
-        (f"recall ({positive} = positive)", "recall"),
-        (f"F1 ({positive} = positive)", "f1"),
-        (f"ROC-AUC (score P({positive}))", "roc_auc"),
+        ("accuracy", accuracy),
+        (f"precision ({positive} = positive)", result.precision),
+        (f"recall ({positive} = positive)", result.recall),
+        (f"F1 ({positive} = positive)", result.f1),
+        (f"ROC-AUC (score P({positive}))", result.roc_auc),
     ]
-    table = "\n".join(
+    return "\n".join(
         ["| metric | value |", "|---|---|"]
-        + [f"| {label} | {classification[key]:.4f} |" for label, key in rows]
+        + [f"| {label} | {value:.4f} |" for label, value in rows]
         + [
             "| confusion matrix (rows: true "
-            f"{' / '.join(splits.class_names)}, columns: predicted) | {confusion.tolist()} |"
+            f"{' / '.join(class_names)}, columns: predicted) | {result.confusion.tolist()} |"
         ]
     )
-    report = study.write_outputs(
-        out,
+
+
+def describe(recipe: CatsDogsRecipe, out: pathlib.Path, splits, studied) -> pipeline.Report:
+    """Classification metrics and figures beside the calibration study; setup rows."""
+    run = studied[None]
+    result = classify(splits.test.labels, run.test_logits)
+    accuracy = run.study.test.accuracy
+    config, history = run.trained.config, run.trained.history
+    model = f"ResNet18 (weights: {recipe.weights}), 2-class head; trained: layer4 + fc"
+    if recipe.weights == "random":
+        model += " (random initialisation: a smoke run, not transfer learning)"
+    scaled = run.study.temperature
+    return pipeline.Report(
         title="Cats vs dogs: ResNet18 transfer learning and its calibration",
-        setup=setup,
-        metrics=all_metrics,
+        setup={
+            "classes": f"{splits.class_names[0]} = 0, {splits.class_names[1]} = 1",
+            "model": model,
+            "parameters": f"{models.parameter_count(run.trained.model):,} "
+            f"(trained: {run.trained.trained_parameters:,})",
+            "input": f"{recipe.image_size} x {recipe.image_size}, ImageNet normalisation",
+            "training": f"Adam lr {config.learning_rate}, batch {config.batch_size}, "
+            f"{history.epochs_run} epochs (best {history.best_epoch}, patience "
+            f"{config.patience})",
+        },
+        metrics={**run.metrics(), "classification": result.to_json(accuracy)},
         sections=[
-            ("Classification on the test set", table),
-            ("Calibration on the test set", study.calibration_table(result.metrics)),
+            (
+                "Classification on the test set",
+                classification_table(result, accuracy, splits.class_names),
+            ),
+            ("Calibration on the test set", study.calibration_table(run.study)),
         ],
-        figures=figures,
+        figures={**run.figures, **classification_figures(out, splits, result)},
+        console=f"test accuracy {accuracy:.4f}, F1 {result.f1:.4f}, AUC {result.roc_auc:.4f}; "
+        f"ECE {run.study.test.raw.ece:.4f} -> {scaled.test.ece:.4f}",
     )
-    print(
-        f"test accuracy {classification['accuracy']:.4f}, F1 {classification['f1']:.4f}, "
-        f"AUC {classification['roc_auc']:.4f}; ECE {result.metrics['test']['ece_before']:.4f} "
-        f"-> {result.metrics['test']['ece_after']:.4f}; report: {report}"
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Runs the study with command-line arguments `argv`; returns what metrics.json holds."""
+    args, recipe = parse_args(argv)
+    return pipeline.run(
+        args,
+        recipe,
+        load=functools.partial(load, recipe),
+        batch_size=recipe.batch_size,
+        build_and_train=lambda _, splits, fit_options: train_resnet(recipe, splits, fit_options),
+        describe=lambda splits, studied: describe(recipe, args.out, splits, studied),
     )
-    return all_metrics
 
 
 if __name__ == "__main__":

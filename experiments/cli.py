@@ -1,29 +1,88 @@
-"""Command-line options and start-up steps the three experiments share."""
+"""The experiments' command line: recipes, options mapped onto them, and start-up checks."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import pathlib
-import platform
 import sys
-from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-import jax
-
-from jaxcal import data, models, plotting, train
+from jaxcal import data, models, study
 
 WEIGHTS_HELP = (
     "ResNet18 ImageNet weights: a torchvision state_dict (.pth, needs torch) or the .npz that "
     "`python -m jaxcal.models.convert resnet18.pth resnet18.npz` writes (no torch needed); "
     "'random' for a smoke run with random initialisation"
 )
-# Steps in the running mean of the training loss curve, as in the originals.
-LOSS_WINDOW = 60
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> None:
-    """Adds --data, --data-dir, --epochs, --batch-size, --seed, --out, --quick, --resume."""
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What every experiment computes from: each experiment subclasses it with the defaults of
+    its original notebook and a `quick()` variant; explicit options override either.
+
+    Attributes:
+      epochs: training epochs.
+      batch_size: training batch size; None where each model keeps its notebook's.
+      learning_rate: optimiser step size; None where each model keeps its notebook's.
+      seed: seeds initialisation, split, batches and the bootstrap.
+      max_train: use only the first N training images (None: all).
+      max_test: use only N test images (None: all).
+      num_temperatures: temperatures in the study's sweep.
+      num_resamples: bootstrap resamples of the ECE intervals.
+    """
+
+    epochs: int = 10
+    batch_size: int | None = 64
+    learning_rate: float | None = 1e-3
+    seed: int = 0
+    max_train: int | None = None
+    max_test: int | None = None
+    num_temperatures: int = 1000
+    num_resamples: int = 1000
+
+    def study_config(self) -> study.StudyConfig:
+        """The calibration study's settings."""
+        return study.StudyConfig(
+            seed=self.seed,
+            num_temperatures=self.num_temperatures,
+            num_resamples=self.num_resamples,
+        )
+
+
+R = TypeVar("R", bound=Recipe)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int > 0."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0 (nan and inf are refused)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """argparse type: an int in [0, 2**32)."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
+def parser_for(prog: str, doc: str, recipe: Recipe, *, default_out: str) -> argparse.ArgumentParser:
+    """A parser with the options every experiment has; recipe options default to `recipe`'s
+    values and are left out of the namespace unless given (see `recipe_from_args`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     parser.add_argument(
         "--data",
         choices=data.SOURCES,
@@ -36,9 +95,6 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str) -
         default=None,
         help="tfds data_dir, or the torchvision root for --data local (default ./data)",
     )
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs")
-    parser.add_argument("--batch-size", type=int, default=None, help="training batch size")
-    parser.add_argument("--seed", type=int, default=0, help="seed of init, split and batches")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(default_out))
     parser.add_argument(
         "--quick",
@@ -46,53 +102,64 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str) -
         help="a small, fast run for trying it out (fewer images, epochs and temperatures)",
     )
     parser.add_argument(
-        "--max-train", type=int, default=None, help="use only the first N training images"
-    )
-    parser.add_argument("--max-test", type=int, default=None, help="use only N test images")
-    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue an interrupted run from the checkpoints in OUT/checkpoints",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_recipe_option(parser, recipe, "--epochs", positive_int, "training epochs")
+    add_recipe_option(parser, recipe, "--batch-size", positive_int, "training batch size")
+    add_recipe_option(parser, recipe, "--seed", seed, "seed of init, split and batches")
+    add_recipe_option(
+        parser, recipe, "--max-train", positive_int, "use only the first N training images"
+    )
+    add_recipe_option(parser, recipe, "--max-test", positive_int, "use only N test images")
+    return parser
 
 
-def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
-    """Errors out (exit code 2, naming the option) on an out-of-range number.
+def add_recipe_option(
+    parser: argparse.ArgumentParser,
+    recipe: Recipe,
+    flag: str,
+    kind: Any,
+    help_text: str,
+    *,
+    dest: str | None = None,
+    **kwargs: Any,
+) -> None:
+    """Adds `flag` for the recipe field `dest` (default: the flag's name); the help shows the
+    recipe's default, and the option stays out of the namespace unless given."""
+    dest = dest or flag.removeprefix("--").replace("-", "_")
+    default = getattr(recipe, dest)
+    shown = "the model's own" if default is None else default
+    parser.add_argument(
+        flag,
+        type=kind,
+        dest=dest,
+        default=argparse.SUPPRESS,
+        help=f"{help_text} (default {shown}; --quick may change it)",
+        **kwargs,
+    )
 
-    Each option in `names`, --max-train, --max-test and (where the parser has it) --lr must be
-    > 0; --seed must be in [0, 2**32).
-    """
-    for name in (*names, "max_train", "max_test", "lr"):
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be > 0, got {value}")
-    if not 0 <= args.seed < 2**32:
-        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
+
+def recipe_from_args(recipe: R, args: argparse.Namespace) -> R:
+    """`recipe` (its `quick()` variant with --quick), with every option given overriding."""
+    base = recipe.quick() if args.quick else recipe
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(base) if f.name in args}
+    return dataclasses.replace(base, **given)
 
 
-def check_out_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> pathlib.Path:
-    """The checkpoint folder; refuses to overwrite a previous run's unless --resume is given."""
-    checkpoints = args.out / "checkpoints"
-    if checkpoints.exists() and any(checkpoints.iterdir()) and not args.resume:
-        parser.error(
-            f"{checkpoints} holds a previous run: pass --resume to continue it, or choose "
-            "another --out"
-        )
-    return checkpoints
-
-
-def require_weights(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Errors out (exit code 2) unless --weights is 'random' or names an existing file."""
-    if args.weights is None:
+def require_weights(parser: argparse.ArgumentParser, weights: str | None) -> None:
+    """Errors out (exit code 2) unless `weights` is 'random' or names an existing file."""
+    if weights is None:
         parser.error(
             "ResNet18 needs pretrained ImageNet weights and none can be downloaded here: pass "
             "--weights resnet18.pth (torchvision's resnet18-f37072fd.pth, e.g. "
             "torchvision.models.resnet18(weights='DEFAULT').state_dict()) or a converted .npz; "
             "or --weights random for a smoke run without pretraining"
         )
-    if args.weights != "random" and not pathlib.Path(args.weights).is_file():
-        parser.error(f"--weights: no such file {args.weights}")
+    if weights != "random" and not pathlib.Path(weights).is_file():
+        parser.error(f"--weights: no such file {weights}")
 
 
 def load_resnet18(weights: str, num_classes: int, *, seed: int) -> models.ResNet18:
@@ -129,60 +196,11 @@ def load_resnet18(weights: str, num_classes: int, *, seed: int) -> models.ResNet
     return models.resnet18_from_torchvision(state_dict, num_classes=num_classes, rngs=rngs)
 
 
-def load_splits(
-    loader: Callable[..., data.DatasetSplits],
-    args: argparse.Namespace,
-    *,
-    batch_size: int,
-    **kwargs: Any,
-) -> data.DatasetSplits:
-    """`loader(args.data, args.data_dir, seed=args.seed, **kwargs)` for the command line.
-
-    Data that cannot be read (no TensorFlow or network for tfds, missing or damaged local
-    files, too few images) ends the run with the loader's message, which names the other
-    sources, instead of a traceback; so does a training split smaller than one batch.
-
-    Raises:
-      SystemExit: with the message, exit code 1.
-    """
-    try:
-        splits = loader(args.data, args.data_dir, seed=args.seed, **kwargs)
-    except (data.DataUnavailableError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: --data {args.data}: {error}")
-    if splits.train.num_examples < batch_size:
-        sys.exit(
-            f"error: {splits.train.num_examples} training images are fewer than one batch of "
-            f"{batch_size}: raise --max-train or lower --batch-size"
+def check_out_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses (exit code 2) an --out that holds a previous run's checkpoints, unless --resume."""
+    checkpoints = args.out / "checkpoints"
+    if checkpoints.exists() and any(checkpoints.iterdir()) and not args.resume:
+        parser.error(
+            f"{checkpoints} holds a previous run: pass --resume to continue it, or choose "
+            "another --out"
         )
-    return splits
-
-
-def save_loss_curves(history: train.History, out: pathlib.Path) -> dict[str, str]:
-    """Writes loss_curves.png (steps, running mean, validation per epoch); {caption: name}.
-
-    The running mean is over 60 steps as in the originals, fewer when a short run would leave
-    it a single point.
-    """
-    window = min(LOSS_WINDOW, max(1, history.step_loss.size // 4))
-    ax = plotting.loss_curves(
-        None,
-        history.step_loss,
-        window=window,
-        val_epoch_losses=history.val_loss,
-        steps_per_epoch=history.steps_per_epoch,
-    )
-    caption = (
-        f"Training loss per step with its running mean over {window} steps, and validation "
-        "loss after each epoch"
-    )
-    return {caption: plotting.save_figure(ax.figure, out / "loss_curves.png").name}
-
-
-def environment() -> dict[str, str]:
-    """The software and hardware a run used, for the report's setup table."""
-    devices = jax.devices()
-    return {
-        "devices": f"{len(devices)} x {devices[0].device_kind} ({jax.default_backend()})",
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-    }

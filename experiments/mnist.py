@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
+import pathlib
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
-from experiments import cli
+from experiments import cli, pipeline
 from jaxcal import data, metrics, models, plotting, study, train
 
 MODELS = ("mlp", "cnn", "lenet5_classic")
 
 
 @dataclasses.dataclass(frozen=True)
-class Recipe:
+class Notebook:
     """How each original notebook trains its model."""
 
     optimizer: str
@@ -41,20 +41,57 @@ class Recipe:
     augment: data.AugmentConfig | None
 
 
-RECIPES = {
-    "mlp": Recipe("sgd", 0.01, 64, None),
-    "cnn": Recipe("sgd", 0.01, 64, None),
+NOTEBOOKS = {
+    "mlp": Notebook("sgd", 0.01, 64, None),
+    "cnn": Notebook("sgd", 0.01, 64, None),
     # RandomCrop(32, padding=4) on the 28 x 28 digits gives the classic LeNet its 32 x 32 input;
     # evaluation takes the centre crop (the digit centred in 32 x 32).
-    "lenet5_classic": Recipe("adam", 1e-4, 32, data.AugmentConfig.mnist_classic()),
+    "lenet5_classic": Notebook("adam", 1e-4, 32, data.AugmentConfig.mnist_classic()),
 }
-# Plain SGD 0.01 needs ~1,500 steps on the synthetic digits to get well above chance.
-QUICK = {"max_train": 20000, "max_test": 1000, "epochs": 5}
-QUICK_STUDY = {"num_temperatures": 200, "num_resamples": 200}
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistRecipe(cli.Recipe):
+    """10 epochs per model; batch size and learning rate are each notebook's.
+
+    Attributes:
+      model: one of MODELS, or "all".
+    """
+
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    model: str = "all"
+
+    def quick(self) -> MnistRecipe:
+        """Plain SGD 0.01 needs ~1,500 steps on the synthetic digits to get well above chance."""
+        return dataclasses.replace(
+            self, max_train=20000, max_test=1000, epochs=5, num_temperatures=200, num_resamples=200
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The models to train."""
+        return MODELS if self.model == "all" else (self.model,)
+
+    def batch_size_of(self, name: str) -> int:
+        """--batch-size if given, else the notebook's."""
+        return NOTEBOOKS[name].batch_size if self.batch_size is None else self.batch_size
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, MnistRecipe]:
+    """(run options, recipe), checked (bad ones exit with code 2 and the option's name)."""
+    recipe = MnistRecipe()
+    parser = cli.parser_for(
+        "python -m experiments.mnist", __doc__, recipe, default_out="runs/mnist"
+    )
+    cli.add_recipe_option(parser, recipe, "--model", str, "model", choices=(*MODELS, "all"))
+    args = parser.parse_args(argv)
+    cli.check_out_dir(parser, args)
+    return args, cli.recipe_from_args(recipe, args)
 
 
 def build_model(name: str, seed: int) -> nnx.Module:
-    """The model of recipe `name`, initialised from `seed`."""
+    """The model of notebook `name`, initialised from `seed`."""
     rngs = nnx.Rngs(seed)
     if name == "mlp":
         return models.MLP(rngs=rngs)
@@ -62,165 +99,126 @@ def build_model(name: str, seed: int) -> nnx.Module:
     return models.LeNet5(models.LeNetConfig.preset(preset), rngs=rngs)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The options, checked (bad ones exit with code 2 and the option's name)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.mnist", description=__doc__.split("\n\n")[0]
-    )
-    cli.add_common_arguments(parser, default_out="runs/mnist")
-    parser.add_argument("--model", choices=(*MODELS, "all"), default="all")
-    args = parser.parse_args(argv)
-    cli.check_numbers(parser, args, "epochs", "batch_size")
-    args.checkpoints = cli.check_out_dir(parser, args)
-    return args
+def preprocess_of(name: str) -> data.Preprocess:
+    """The originals feed ToTensor() pixels in [0, 1] without normalisation."""
+    return data.make_preprocess(augment=NOTEBOOKS[name].augment)
 
 
-def run_model(name: str, args: argparse.Namespace, splits: data.DatasetSplits) -> tuple:
-    """Trains one model and runs its study; returns (metrics, figures, summary table)."""
-    recipe = RECIPES[name]
-    quick = QUICK if args.quick else {}
-    out = args.out / name
-    model = build_model(name, args.seed)
+def train_model(recipe: MnistRecipe, name: str, splits, fit_options) -> pipeline.Trained:
+    """Model `name` trained as its notebook does."""
+    notebook = NOTEBOOKS[name]
+    model = build_model(name, recipe.seed)
     config = train.TrainConfig(
-        epochs=args.epochs or quick.get("epochs", 10),
-        batch_size=args.batch_size or recipe.batch_size,
-        optimizer=recipe.optimizer,
-        learning_rate=recipe.learning_rate,
-        seed=args.seed,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size_of(name),
+        optimizer=notebook.optimizer,
+        learning_rate=notebook.learning_rate,
+        seed=recipe.seed,
     )
-    # The originals feed ToTensor() pixels in [0, 1] without normalisation.
-    preprocess = data.make_preprocess(augment=recipe.augment)
-    history = train.fit(
-        model,
-        (splits.train.images, splits.train.labels),
-        (splits.val.images, splits.val.labels),
-        config,
-        preprocess=preprocess,
-        checkpoint_dir=args.checkpoints / name,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
-    val_logits = train.predict_logits(model, splits.val.images, preprocess=preprocess)
-    test_logits = train.predict_logits(model, splits.test.images, preprocess=preprocess)
-    test_labels = splits.test.labels
-    predictions = np.asarray(test_logits.argmax(-1))
-    per_digit = metrics.per_class_accuracy(test_labels, predictions, 10)
-    result = study.run_study(
-        val_logits,
-        splits.val.labels,
-        test_logits,
-        test_labels,
-        study.StudyConfig(seed=args.seed, **(QUICK_STUDY if args.quick else {})),
+    return pipeline.fit_on_splits(
+        model, splits, config, fit_options, preprocess=preprocess_of(name)
     )
 
-    figures = {}
-    figures.update(cli.save_loss_curves(history, out))
-    ax = plotting.per_class_accuracy_plot(
-        None, per_digit, splits.class_names, overall=result.metrics["test"]["accuracy"]
-    )
-    figures["Test accuracy per digit"] = plotting.save_figure(
-        ax.figure, out / "per_digit_accuracy.png"
-    ).name
+
+def model_section(name: str, out: pathlib.Path, splits, run: pipeline.Studied) -> tuple:
+    """One model's metrics, figures and report section: per-digit accuracy, a prediction grid,
+    the calibration table and the per-layer shapes."""
+    labels = splits.test.labels
+    predictions = np.asarray(run.test_logits.argmax(-1))
+    per_digit = metrics.per_class_accuracy(labels, predictions, 10)
+    accuracy = run.study.test.accuracy
+    ax = plotting.per_class_accuracy_plot(None, per_digit, splits.class_names, overall=accuracy)
+    figures = {
+        "Test accuracy per digit": study.save_figure_atomic(
+            ax.figure, out / name / "per_digit_accuracy.png"
+        )
+    }
     fig = plotting.image_grid(
         None,
         splits.test.images[:24],
-        test_labels[:24],
+        labels[:24],
         splits.class_names,
         predictions=predictions[:24],
-        probabilities=np.asarray(jax.nn.softmax(test_logits[:24]).max(-1)),
+        probabilities=np.asarray(jax.nn.softmax(run.test_logits[:24]).max(-1)),
     )
-    figures["Test digits: label / prediction (green right, red wrong)"] = plotting.save_figure(
-        fig, out / "predictions.png"
-    ).name
-    figures.update(study.save_study_figures(result, out))
-    figures = {caption: f"{name}/{file}" for caption, file in figures.items()}
-
+    figures["Test digits: label / prediction (green right, red wrong)"] = study.save_figure_atomic(
+        fig, out / name / "predictions.png"
+    )
+    figures = {**run.figures, **{c: f"{name}/{file}" for c, file in figures.items()}}
+    parameters = models.parameter_count(run.trained.model)
+    test_loss = run.study.test.raw.nll
     model_metrics = {
-        **result.metrics,
-        "parameters": models.parameter_count(model),
-        "test_loss": result.metrics["test"]["nll_before"],
+        **run.metrics(),
+        "parameters": parameters,
+        "test_loss": test_loss,
         "per_digit_accuracy": [float(a) for a in per_digit],
-        "training": {
-            "optimizer": config.optimizer,
-            "learning_rate": config.learning_rate,
-            "batch_size": config.batch_size,
-            "epochs_run": history.epochs_run,
-            "train_loss": history.train_loss,
-            "val_loss": history.val_loss,
-            "val_accuracy": history.val_accuracy,
-        },
     }
-    input_shape = preprocess(splits.train.images[:1], None).shape
-    return model_metrics, figures, models.summary(model, input_shape, width=110)
+    input_shape = preprocess_of(name)(splits.train.images[:1], None).shape
+    table = models.summary(run.trained.model, input_shape, width=110)
+    heading = (
+        f"{name}: {parameters:,} parameters, test loss {test_loss:.4f}, accuracy {accuracy:.4f}"
+    )
+    body = (
+        "Per-digit test accuracy: "
+        + ", ".join(f"{d}: {a:.3f}" for d, a in enumerate(per_digit))
+        + "\n\n"
+        + study.calibration_table(run.study)
+        + "\n\nLayers, output shapes and parameters:\n\n```\n"
+        + table
+        + "\n```"
+    )
+    return model_metrics, {f"{name}: {c}": path for c, path in figures.items()}, (heading, body)
+
+
+def overview_row(name: str, run: pipeline.Studied) -> str:
+    """One model's row of the overview table."""
+    config, history = run.trained.config, run.trained.history
+    test, scaled = run.study.test, run.study.temperature
+    return (
+        f"| {name} | {config.optimizer} {config.learning_rate}, batch {config.batch_size}, "
+        f"{history.epochs_run} epochs | {models.parameter_count(run.trained.model):,} | "
+        f"{test.raw.nll:.4f} | {test.accuracy:.4f} | {test.raw.ece:.4f} | "
+        f"{scaled.test.ece:.4f} | {scaled.temperature:.3f} |"
+    )
+
+
+def describe(recipe: MnistRecipe, out: pathlib.Path, splits, studied) -> pipeline.Report:
+    """The overview table, then one section per model."""
+    results, figures, sections = {}, {}, []
+    for name, run in studied.items():
+        results[name], model_figures, section = model_section(name, out, splits, run)
+        figures.update(model_figures)
+        sections.append(section)
+    overview = [
+        "| model | training | parameters | test loss | accuracy | ECE before | ECE after | T |",
+        "|---|---|---|---|---|---|---|---|",
+        *(overview_row(name, run) for name, run in studied.items()),
+    ]
+    return pipeline.Report(
+        title="MNIST: MLP, CNN and classic LeNet-5, and their calibration",
+        setup={
+            "models": ", ".join(studied),
+            "calibration": "top-label ECE, 15 bins; T fitted on the validation split",
+        },
+        metrics={"models": results},
+        sections=[("Overview", "\n".join(overview)), *sections],
+        figures=figures,
+        console="\n".join(overview),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Runs the study with command-line arguments `argv`; returns what metrics.json holds."""
-    args = parse_args(argv)
-    quick = QUICK if args.quick else {}
-    started = time.perf_counter()
-    names = MODELS if args.model == "all" else (args.model,)
-    splits = cli.load_splits(
-        data.load_mnist,
+    args, recipe = parse_args(argv)
+    return pipeline.run(
         args,
-        batch_size=args.batch_size or max(RECIPES[name].batch_size for name in names),
-        max_train=args.max_train or quick.get("max_train"),
-        max_test=args.max_test or quick.get("max_test"),
+        recipe,
+        load=data.load_mnist,
+        batch_size=max(recipe.batch_size_of(name) for name in recipe.names),
+        build_and_train=lambda name, splits, options: train_model(recipe, name, splits, options),
+        describe=lambda splits, studied: describe(recipe, args.out, splits, studied),
+        names=recipe.names,
     )
-    results, figures, sections = {}, {}, []
-    for name in names:
-        results[name], model_figures, table = run_model(name, args, splits)
-        figures.update({f"{name}: {caption}": path for caption, path in model_figures.items()})
-        m = results[name]
-        sections.append(
-            (
-                f"{name}: {m['parameters']:,} parameters, test loss {m['test_loss']:.4f}, "
-                f"accuracy {m['test']['accuracy']:.4f}",
-                "Per-digit test accuracy: "
-                + ", ".join(f"{d}: {a:.3f}" for d, a in enumerate(m["per_digit_accuracy"]))
-                + "\n\n"
-                + study.calibration_table(m)
-                + "\n\nLayers, output shapes and parameters:\n\n```\n"
-                + table
-                + "\n```",
-            )
-        )
-    overview = [
-        "| model | training | parameters | test loss | accuracy | ECE before | ECE after | T |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in results.items():
-        t = m["training"]
-        overview.append(
-            f"| {name} | {t['optimizer']} {t['learning_rate']}, batch {t['batch_size']}, "
-            f"{t['epochs_run']} epochs | {m['parameters']:,} | {m['test_loss']:.4f} | "
-            f"{m['test']['accuracy']:.4f}"
-            f" | {m['test']['ece_before']:.4f} | {m['test']['ece_after']:.4f} |"
-            f" {m['temperature']:.3f} |"
-        )
-    setup = {
-        "data": splits.description,
-        "images (train / val / test)": (
-            f"{len(splits.train.labels)} / {len(splits.val.labels)} / {len(splits.test.labels)}"
-        ),
-        "models": ", ".join(names),
-        "calibration": "top-label ECE, 15 bins; T fitted on the validation split",
-        "seed": args.seed,
-        "quick": args.quick,
-        **cli.environment(),
-    }
-    all_metrics = {"models": results, "seconds": round(time.perf_counter() - started, 1)}
-    report = study.write_outputs(
-        args.out,
-        title="MNIST: MLP, CNN and classic LeNet-5, and their calibration",
-        setup=setup,
-        metrics=all_metrics,
-        sections=[("Overview", "\n".join(overview)), *sections],
-        figures=figures,
-    )
-    print("\n".join(overview))
-    print(f"report: {report}")
-    return all_metrics
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ from flax import nnx
 PyTree = Any
 
 _MAX_LISTED = 20
+# Training config fields that may change when a run is resumed: they do not change the
+# arithmetic of an epoch.
+RESUMABLE_CHANGES = ("epochs", "eval_batch_size", "max_to_keep")
 
 
 class CheckpointMismatchError(ValueError):
@@ -280,6 +283,29 @@ class RunCheckpoints:
             epoch, "train", {"opt_state": opt_state_like, "step": np.zeros((), np.int32)}
         )
         return restored["opt_state"], restored["step"]
+
+    def check_resumable(
+        self, meta: Mapping[str, Any], *, config: Mapping[str, Any], num_train: int
+    ) -> None:
+        """Raises ValueError unless a run saved with `meta` may continue with `config`.
+
+        Args:
+          meta: the metadata of the checkpoint to resume (`meta(epoch)`).
+          config: the new run's training config as JSON; only `RESUMABLE_CHANGES` may differ.
+          num_train: the new run's number of training examples.
+        """
+        saved = meta["config"]
+        differing = sorted(
+            k for k in config if k not in RESUMABLE_CHANGES and saved.get(k) != config[k]
+        )
+        if differing:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in differing)
+            raise ValueError(f"cannot resume {self.directory} with a different config ({details})")
+        if meta["num_train"] != num_train:
+            raise ValueError(
+                f"cannot resume {self.directory}: it trained on {meta['num_train']} examples, "
+                f"this call passes {num_train}"
+            )
 
     def best_epoch(self) -> int | None:
         """The best epoch recorded by the latest checkpoint, or None if there is none."""

@@ -7,6 +7,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from jaxcal._checks import check_int
+
 
 class PrecisionRecallF1(NamedTuple):
     """Precision, recall and F1 score, each a Python float in [0, 1]."""
@@ -42,19 +44,15 @@ def _paired(labels: ArrayLike, predictions: ArrayLike) -> tuple[np.ndarray, np.n
     return labels, predictions
 
 
-def _check_num_classes(num_classes: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-
-
-def _check_range(values: np.ndarray, name: str, num_classes: int) -> None:
-    if values.max() >= num_classes:
-        raise ValueError(
-            f"{name} must lie in [0, {num_classes}) for num_classes={num_classes}, "
-            f"got {values.max()}"
-        )
+def _check_classes(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> None:
+    """num_classes an int >= 1 and both arrays in [0, num_classes)."""
+    check_int("num_classes", num_classes)
+    for name, values in (("labels", labels), ("predictions", predictions)):
+        if values.max() >= num_classes:
+            raise ValueError(
+                f"{name} must lie in [0, {num_classes}) for num_classes={num_classes}, "
+                f"got {values.max()}"
+            )
 
 
 def confusion_matrix(labels: ArrayLike, predictions: ArrayLike, num_classes: int) -> np.ndarray:
@@ -69,10 +67,8 @@ def confusion_matrix(labels: ArrayLike, predictions: ArrayLike, num_classes: int
       [K, K] int64 matrix whose entry [i, j] counts samples of true class i predicted as j
       (scikit-learn's layout: rows are true classes, columns are predictions).
     """
-    _check_num_classes(num_classes)
     labels, predictions = _paired(labels, predictions)
-    _check_range(labels, "labels", num_classes)
-    _check_range(predictions, "predictions", num_classes)
+    _check_classes(labels, predictions, num_classes)
     flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
     return flat.reshape(num_classes, num_classes)
 
@@ -128,9 +124,7 @@ def precision_recall_f1(
     elif num_classes is None:
         classes = np.union1d(labels, predictions)
     else:
-        _check_num_classes(num_classes)
-        _check_range(labels, "labels", num_classes)
-        _check_range(predictions, "predictions", num_classes)
+        _check_classes(labels, predictions, num_classes)
         classes = np.arange(num_classes)
 
     size = int(max(labels.max(), predictions.max(), classes.max())) + 1

@@ -134,7 +134,7 @@ def multiclass_study(multiclass_data):
 
 
 def test_metrics_key_set_and_json(binary_study):
-    m = binary_study.metrics
+    m = binary_study.to_json()
     assert {"temperature", "scale", "converged", "val", "test"} <= m.keys()
     assert {"nll_before", "nll_after", "ece_before", "ece_after"} <= m["val"].keys()
     before_after = {
@@ -151,17 +151,17 @@ def test_metrics_key_set_and_json(binary_study):
 
 def test_fitted_temperature_is_three(binary_study, binary_data):
     val_logits, val_labels, _, _ = binary_data
-    m = binary_study.metrics
+    m = binary_study.to_json()
     assert abs(m["temperature"] - 3.0) < T_TOL
     reference = reference_temperature(val_logits, val_labels)
     np.testing.assert_allclose(m["temperature"], reference, rtol=T_REF_RTOL)
     assert m["converged"] is True
     assert m["scale"] == pytest.approx(1.0 / m["temperature"], rel=1e-12)
-    assert m["temperature"] == float(binary_study.fit.temperature)
+    assert m["temperature"] == float(binary_study.temperature.fit.temperature)
 
 
 def test_temperature_scaling_improves_calibration(binary_study):
-    m = binary_study.metrics
+    m = binary_study.to_json()
     assert m["val"]["nll_after"] <= m["val"]["nll_before"]
     assert m["val"]["ece_after"] < m["val"]["ece_before"]
     test = m["test"]
@@ -176,7 +176,7 @@ def test_temperature_scaling_improves_calibration(binary_study):
 
 @pytest.mark.parametrize("fixture", ["binary_study", "multiclass_study"])
 def test_metric_ranges_and_order(fixture, request):
-    test = request.getfixturevalue(fixture).metrics["test"]
+    test = request.getfixturevalue(fixture).to_json()["test"]
     for when in ("before", "after"):
         ece, mce, rmsce = test[f"ece_{when}"], test[f"mce_{when}"], test[f"rmsce_{when}"]
         assert 0.0 <= ece <= rmsce <= mce <= 1.0  # weighted mean <= weighted RMS <= max
@@ -189,7 +189,7 @@ def test_metric_ranges_and_order(fixture, request):
 
 def test_metrics_equal_direct_calibration_calls(binary_study, binary_data):
     val_logits, val_labels, test_logits, test_labels = binary_data
-    m, t = binary_study.metrics, binary_study.metrics["test"]
+    m, t = binary_study.to_json(), binary_study.to_json()["test"]
     fit = calibration.fit_temperature(val_logits, val_labels)
     np.testing.assert_allclose(m["temperature"], float(fit.temperature), rtol=1e-6)
     np.testing.assert_allclose(m["val"]["nll_before"], float(fit.nll_before), atol=F32_ATOL)
@@ -225,8 +225,8 @@ def test_metrics_equal_direct_calibration_calls(binary_study, binary_data):
 
 def test_metrics_equal_numpy(binary_study, binary_data):
     _, _, test_logits, test_labels = binary_data
-    t = binary_study.metrics["test"]
-    scaled = test_logits / np.float32(binary_study.metrics["temperature"])
+    t = binary_study.to_json()["test"]
+    scaled = test_logits / np.float32(binary_study.to_json()["temperature"])
     for when, logits in (("before", test_logits), ("after", scaled)):
         for norm in ("l1", "max"):
             name = "ece" if norm == "l1" else "mce"
@@ -235,27 +235,29 @@ def test_metrics_equal_numpy(binary_study, binary_data):
     # Accuracy does not depend on T > 0: the study's single value holds before and after.
     assert t["accuracy"] == pytest.approx(numpy_accuracy(test_logits, test_labels), abs=1e-7)
     assert t["accuracy"] == pytest.approx(numpy_accuracy(scaled, test_labels), abs=1e-7)
-    np.testing.assert_allclose(np.asarray(binary_study.sweep.accuracy), t["accuracy"], atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(binary_study.temperature.sweep.accuracy), t["accuracy"], atol=1e-7
+    )
 
 
 def test_reliability_bins_before_after(binary_study, binary_data):
     _, _, test_logits, test_labels = binary_data
     kw = {"num_bins": NUM_BINS, "binary": "positive"}
-    scaled = test_logits / binary_study.metrics["temperature"]
+    scaled = test_logits / binary_study.to_json()["temperature"]
     assert_bins_equal(
-        binary_study.bins_before, calibration.reliability_bins(test_logits, test_labels, **kw)
+        binary_study.test.raw.bins, calibration.reliability_bins(test_logits, test_labels, **kw)
     )
     assert_bins_equal(
-        binary_study.bins_after, calibration.reliability_bins(scaled, test_labels, **kw)
+        binary_study.temperature.test.bins, calibration.reliability_bins(scaled, test_labels, **kw)
     )
-    t = binary_study.metrics["test"]
-    assert float(calibration.calibration_error(binary_study.bins_after)) == pytest.approx(
-        t["ece_after"], abs=F32_ATOL
-    )
+    t = binary_study.to_json()["test"]
+    assert float(
+        calibration.calibration_error(binary_study.temperature.test.bins)
+    ) == pytest.approx(t["ece_after"], abs=F32_ATOL)
 
 
 def test_sweep_indices_and_values(binary_study):
-    sweep, m = binary_study.sweep, binary_study.metrics
+    sweep, m = binary_study.temperature.sweep, binary_study.to_json()
     temperatures = np.asarray(sweep.temperatures)
     assert temperatures.dtype == np.float32
     assert np.all(np.diff(temperatures) > 0)
@@ -263,9 +265,13 @@ def test_sweep_indices_and_values(binary_study):
     assert np.isin(grid, temperatures).all()
     # The grid plus T = 1 and the fitted T (neither lies on this 50-point grid).
     assert len(temperatures) == CONFIG.num_temperatures + 2
-    assert temperatures[binary_study.initial_index] == 1.0
-    assert temperatures[binary_study.fitted_index] == np.float32(m["temperature"])
-    t, i, f = m["test"], binary_study.initial_index, binary_study.fitted_index
+    assert temperatures[binary_study.temperature.initial_index] == 1.0
+    assert temperatures[binary_study.temperature.fitted_index] == np.float32(m["temperature"])
+    t, i, f = (
+        m["test"],
+        binary_study.temperature.initial_index,
+        binary_study.temperature.fitted_index,
+    )
     assert float(sweep.ece[f]) == pytest.approx(t["ece_after"], abs=F32_ATOL)
     assert float(sweep.ece[i]) == pytest.approx(t["ece_before"], abs=F32_ATOL)
     assert float(sweep.nll[f]) == pytest.approx(t["nll_after"], abs=F32_ATOL)
@@ -276,25 +282,29 @@ def test_sweep_indices_and_values(binary_study):
 
 def test_effect_scales_and_bins(binary_study, binary_data):
     _, _, test_logits, test_labels = binary_data
-    temperature = binary_study.metrics["temperature"]
-    assert binary_study.effect_scales == pytest.approx((0.5, 1.0 / temperature, 1.5), rel=1e-12)
-    assert len(binary_study.effect_bins) == 3
+    temperature = binary_study.to_json()["temperature"]
+    assert binary_study.temperature.effect_scales == pytest.approx(
+        (0.5, 1.0 / temperature, 1.5), rel=1e-12
+    )
+    assert len(binary_study.temperature.effect_bins) == 3
     kw = {"num_bins": NUM_BINS, "binary": "positive"}
-    for scale, bins in zip(binary_study.effect_scales, binary_study.effect_bins, strict=True):
+    for scale, bins in zip(
+        binary_study.temperature.effect_scales, binary_study.temperature.effect_bins, strict=True
+    ):
         assert_bins_equal(
             bins, calibration.reliability_bins(test_logits * scale, test_labels, **kw)
         )
     # The optimal panel is the calibrated test set (x / T vs x * (1/T): float32 rounding only).
-    optimal = float(calibration.calibration_error(binary_study.effect_bins[1]))
-    assert optimal == pytest.approx(binary_study.metrics["test"]["ece_after"], abs=1e-4)
+    optimal = float(calibration.calibration_error(binary_study.temperature.effect_bins[1]))
+    assert optimal == pytest.approx(binary_study.to_json()["test"]["ece_after"], abs=1e-4)
 
 
 def test_top_label_binary_mode(binary_study, binary_data):
     config = study.StudyConfig(num_temperatures=50, num_resamples=100, binary="top_label")
     result = study.run_study(*binary_data, config)
     _, _, test_logits, test_labels = binary_data
-    assert result.binary == "top_label" and result.metrics["binary"] == "top_label"
-    t = result.metrics["test"]
+    assert result.binary == "top_label" and result.to_json()["binary"] == "top_label"
+    t = result.to_json()["test"]
     assert t["ece_before"] == pytest.approx(
         numpy_ece(test_logits, test_labels, "top_label"), abs=NUMPY_ECE_ATOL
     )
@@ -304,13 +314,13 @@ def test_top_label_binary_mode(binary_study, binary_data):
     assert float(top) != float(positive)
     # Top-label confidences max(p, 1 - p) are >= 0.5: the 7 bins below 7/15 stay empty, which
     # they are not for P(y = 1).
-    assert int(result.bins_before.counts[:7].sum()) == 0
-    assert int(binary_study.bins_before.counts[:7].sum()) > 1000
+    assert int(result.test.raw.bins.counts[:7].sum()) == 0
+    assert int(binary_study.test.raw.bins.counts[:7].sum()) > 1000
 
 
 def test_multiclass_study(multiclass_study, multiclass_data):
     val_logits, val_labels, test_logits, test_labels = multiclass_data
-    m, t = multiclass_study.metrics, multiclass_study.metrics["test"]
+    m, t = multiclass_study.to_json(), multiclass_study.to_json()["test"]
     assert multiclass_study.binary == "top_label"
     assert m["binary"] is None
     assert json.loads(json.dumps(m)) == m
@@ -331,12 +341,12 @@ def test_multiclass_study(multiclass_study, multiclass_data):
             float(calibration.brier_score(logits, test_labels)), abs=F32_ATOL
         )
     assert t["accuracy"] == pytest.approx(numpy_accuracy(test_logits, test_labels), abs=1e-7)
-    sweep = multiclass_study.sweep
-    assert float(sweep.temperatures[multiclass_study.initial_index]) == 1.0
-    assert float(sweep.ece[multiclass_study.fitted_index]) == pytest.approx(
+    sweep = multiclass_study.temperature.sweep
+    assert float(sweep.temperatures[multiclass_study.temperature.initial_index]) == 1.0
+    assert float(sweep.ece[multiclass_study.temperature.fitted_index]) == pytest.approx(
         t["ece_after"], abs=F32_ATOL
     )
-    assert multiclass_study.bins_after.counts.shape == (NUM_BINS,)
+    assert multiclass_study.temperature.test.bins.counts.shape == (NUM_BINS,)
 
 
 @pytest.mark.parametrize(
@@ -436,9 +446,9 @@ def test_save_study_figures(figures):
 
 
 def test_calibration_table(binary_study):
-    m = binary_study.metrics
+    m = binary_study.to_json()
     t = m["test"]
-    table = study.calibration_table(m)
+    table = study.calibration_table(binary_study)
     lines = table.splitlines()
     assert f"T = {m['temperature']:.4f}" in lines[0]
     assert f"{m['val']['nll_before']:.4f} -> {m['val']['nll_after']:.4f}" in lines[0]
@@ -461,12 +471,12 @@ def test_write_outputs(binary_study, figures):
         "checkpoint": pathlib.Path("runs/x"),
         "logit_scale": jnp.asarray(3.0),
     }
-    table = study.calibration_table(binary_study.metrics)
+    table = study.calibration_table(binary_study)
     report = study.write_outputs(
         out_dir,
         title="Synthetic study",
         setup=setup,
-        metrics=binary_study.metrics,
+        metrics=binary_study.to_json(),
         sections=[("Calibration", table)],
         figures=captions,
     )
@@ -479,7 +489,7 @@ def test_write_outputs(binary_study, figures):
         "checkpoint": "runs/x",
         "logit_scale": 3.0,
     }
-    assert stored == {**binary_study.metrics, "setup": expected_setup}
+    assert stored == {**binary_study.to_json(), "setup": expected_setup}
     text = report.read_text()
     assert text.startswith("# Synthetic study\n")
     assert "| seed | 3 |" in text and "| checkpoint | runs/x |" in text
@@ -495,7 +505,7 @@ def test_write_outputs_rejects_unserialisable_setup(tmp_path, binary_study):
             tmp_path,
             title="t",
             setup={"callback": object()},
-            metrics=binary_study.metrics,
+            metrics=binary_study.to_json(),
             sections=[],
             figures={},
         )

@@ -317,8 +317,8 @@ def test_fit_history(fitted):
     assert history.train_loss[-1] < history.train_loss[0]
     # The last validation numbers are those of the returned model, all 40 examples counted.
     final = train.evaluate(model, *VAL, batch_size=16, preprocess=augment)
-    assert final["loss"] == pytest.approx(history.val_loss[-1], rel=LOOSE)
-    assert final["accuracy"] == pytest.approx(history.val_accuracy[-1], abs=1e-7)
+    assert final.loss == pytest.approx(history.val_loss[-1], rel=LOOSE)
+    assert final.accuracy == pytest.approx(history.val_accuracy[-1], abs=1e-7)
     restored = train.History.from_dict(json.loads(json.dumps(history.to_dict())))
     assert restored.to_dict() == history.to_dict()
     np.testing.assert_array_equal(restored.step_loss, history.step_loss)
@@ -423,7 +423,7 @@ def test_early_stopping_on_accuracy_counts_only_strict_improvements():
     config = train.TrainConfig(patience=2, monitor="val_accuracy")
     for accuracy in (0.5, 0.7, 0.7, 0.6):
         history.train_loss.append(0.0)
-        train._record_val(history, np.array([1.0, accuracy]), config)
+        history.record_validation(np.array([1.0, accuracy]), config)
     assert history.best_epoch == 2 and history.stopped_early
 
 

@@ -10,6 +10,8 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
+from jaxcal._checks import is_int, is_positive_int
+
 # torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma).
 _GREY_WEIGHTS = (0.2989, 0.587, 0.114)
 _RESIZED_CROP_ATTEMPTS = 10
@@ -44,11 +46,9 @@ class AugmentConfig:
     jitter: float = 0.0
 
     def __post_init__(self):
-        if self.crop_size is not None and (
-            not isinstance(self.crop_size, int) or self.crop_size < 1
-        ):
+        if self.crop_size is not None and (not is_positive_int(self.crop_size)):
             raise ValueError(f"crop_size must be a positive int or None, got {self.crop_size!r}")
-        if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
+        if not is_int(self.crop_padding) or self.crop_padding < 0:
             raise ValueError(f"crop_padding must be an int >= 0, got {self.crop_padding!r}")
         if self.resized_crop_scale is not None:
             lo, hi = self.resized_crop_scale
@@ -59,9 +59,7 @@ class AugmentConfig:
         lo, hi = self.resized_crop_ratio
         if not 0.0 < lo <= hi:
             raise ValueError(f"resized_crop_ratio must satisfy 0 < min <= max, got {(lo, hi)}")
-        if self.output_size is not None and (
-            not isinstance(self.output_size, int) or self.output_size < 1
-        ):
+        if self.output_size is not None and (not is_positive_int(self.output_size)):
             raise ValueError(
                 f"output_size must be a positive int or None, got {self.output_size!r}"
             )

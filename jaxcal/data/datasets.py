@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxcal._checks import is_int
 from jaxcal.data import local, synthetic
 from jaxcal.data.tfds_source import TfdsReader
 from jaxcal.data.transforms import resize_uint8
@@ -107,7 +108,7 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     """
     _check_fraction("val_fraction", val_fraction)
     _check_seed(seed)
-    if not isinstance(n, (int, np.integer)) or n < 0:
+    if not is_int(n) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     permutation = np.random.RandomState(seed).permutation(n)
     n_val = int(round(val_fraction * n))
@@ -129,7 +130,7 @@ def _check_fraction(name: str, value: float) -> None:
 
 
 def _check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+    if not is_int(seed) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
 
 
@@ -146,12 +147,12 @@ def _check_common(
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     _check_fraction("val_fraction", val_fraction)
     _check_seed(seed)
-    if isinstance(data_seed, bool) or not isinstance(data_seed, (int, np.integer)) or data_seed < 0:
+    if not is_int(data_seed) or data_seed < 0:
         raise ValueError(f"data_seed must be a non-negative int, got {data_seed!r}")
     for name, value in (("max_train", max_train), ("max_test", max_test)):
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if not is_int(value):
             raise ValueError(f"{name} must be an int or None, got {value!r}")
         if value < num_classes:
             raise ValueError(f"{name} must be at least the number of classes ({num_classes})")
@@ -462,7 +463,7 @@ def load_cats_vs_dogs(
     Other arguments as load_birdcat; test_fraction is used by "tfds" only.
     """
     _check_fraction("test_fraction", test_fraction)
-    if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
+    if image_size is not None and (not is_int(image_size) or image_size < 8):
         raise ValueError(f"image_size must be an int >= 8 or None, got {image_size!r}")
     _check_common(source, val_fraction, seed, data_seed, max_train, max_test, 2)
     if source != "tfds":

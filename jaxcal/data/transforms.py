@@ -16,6 +16,9 @@ CIFAR_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 Preprocess = Callable[[jax.Array, "jax.Array | None"], jax.Array]
+"""`preprocess(inputs [B, ...], key or None) -> float32 [B, ...]`, run inside jit.
+
+A key is given for training batches (augmentation), None for evaluation."""
 
 
 def to_float(images: jax.Array) -> jax.Array:

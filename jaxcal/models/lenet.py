@@ -7,6 +7,7 @@ import dataclasses
 import jax
 from flax import nnx
 
+from jaxcal._checks import check_positive_ints, is_positive_int
 from jaxcal.models.conv import PatchConv, avg_pool_2x2, conv_impl_for_backend, max_pool_2x2
 from jaxcal.models.mlp import TORCH_KERNEL_INIT, dense, torch_bias_init
 
@@ -60,10 +61,6 @@ class ConvSpec:
     pool: bool = True
 
 
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 @dataclasses.dataclass(frozen=True)
 class LeNetConfig:
     """A LeNet-5 variant: convolutions (+ optional batch norm) -> ReLU -> pool, then FC layers.
@@ -104,15 +101,14 @@ class LeNetConfig:
                 raise ValueError(f"{name} must be a tuple, got {value!r}")
             object.__setattr__(self, name, tuple(value))
         for name in ("in_channels", "image_size", "kernel_size", "num_classes"):
-            if not _positive_int(getattr(self, name)):
+            if not is_positive_int(getattr(self, name)):
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         if not self.convs or not all(isinstance(c, ConvSpec) for c in self.convs):
             raise ValueError(f"convs must be a non-empty tuple of ConvSpec, got {self.convs!r}")
         for c in self.convs:
-            if not _positive_int(c.features) or not isinstance(c.padding, int) or c.padding < 0:
+            if not is_positive_int(c.features) or not isinstance(c.padding, int) or c.padding < 0:
                 raise ValueError(f"convs: bad {c!r} (features >= 1 and padding >= 0 expected)")
-        if not all(_positive_int(h) for h in self.hidden):
-            raise ValueError(f"hidden must hold positive ints, got {self.hidden!r}")
+        check_positive_ints("hidden", self.hidden, allow_empty=True)
         if self.pool not in ("max", "avg"):
             raise ValueError(f"pool must be 'max' or 'avg', got {self.pool!r}")
         if not 0.0 <= self.dropout_rate < 1.0:
@@ -252,16 +248,6 @@ class LeNet5(nnx.Module):
     def classic(cls, *, rngs: nnx.Rngs) -> LeNet5:
         """`LeNet5(LeNetConfig.classic(), rngs=rngs)`."""
         return cls(LeNetConfig.classic(), rngs=rngs)
-
-    def set_view(
-        self, deterministic: bool | None = None, use_running_average: bool | None = None
-    ) -> None:
-        """Accepts `nnx.view(model, deterministic=..., use_running_average=...)`, as every
-        jaxcal model does.
-
-        nnx.view switches the submodules that have these modes (Dropout, BatchNorm); this module
-        itself has nothing to do.
-        """
 
     def _pool(self, h: jax.Array, *, patches: bool) -> jax.Array:
         """2x2/2 pooling: reshape-based next to PatchConv (CPU), reduce_window elsewhere."""

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcal._checks import check_positive_ints
+
 # torch.nn.Linear / Conv2d initialise their weights with kaiming_uniform(a=sqrt(5)), which is
 # U(-1/sqrt(fan_in), 1/sqrt(fan_in)): a variance scaling of 1/3 with a uniform distribution.
 # Flax's fan_in for a conv kernel [kh, kw, in, out] is kh * kw * in, as in torch.
@@ -46,13 +48,6 @@ def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
     )
 
 
-def _check_positive_ints(name: str, values: Sequence[int], *, allow_empty: bool) -> None:
-    if not allow_empty and not values:
-        raise ValueError(f"{name} must not be empty")
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-        raise ValueError(f"{name} must hold positive ints, got {values!r}")
-
-
 class MLP(nnx.Module):
     """Fully connected ReLU network on flattened inputs (the MNIST notebook's `MultiLayerNN`).
 
@@ -76,9 +71,9 @@ class MLP(nnx.Module):
         *,
         rngs: nnx.Rngs,
     ):
-        _check_positive_ints("in_features", [in_features], allow_empty=False)
-        _check_positive_ints("hidden_features", list(hidden_features), allow_empty=True)
-        _check_positive_ints("num_classes", [num_classes], allow_empty=False)
+        check_positive_ints("in_features", [in_features], allow_empty=False)
+        check_positive_ints("hidden_features", list(hidden_features), allow_empty=True)
+        check_positive_ints("num_classes", [num_classes], allow_empty=False)
         self.in_features = in_features
         self.num_classes = num_classes
         widths = [in_features, *hidden_features]
@@ -87,28 +82,16 @@ class MLP(nnx.Module):
         )
         self.head = dense(widths[-1], num_classes, rngs=rngs)
 
-    def set_view(
-        self, deterministic: bool | None = None, use_running_average: bool | None = None
-    ) -> None:
-        """Accepts `nnx.view(model, deterministic=..., use_running_average=...)`, as every
-        jaxcal model does.
-
-        nnx.view switches the submodules that have these modes (Dropout, BatchNorm); the MLP has
-        neither, so there is nothing to do here.
-        """
-
-    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         """Logits of a batch.
 
         Args:
             x: [B, ...] float32 inputs (e.g. NHWC images [B, 28, 28, 1]); everything after the
                 batch axis is flattened and must hold `in_features` values.
-            rngs: unused (the MLP has no dropout); accepted for a uniform model interface.
 
         Returns:
             [B, num_classes] logits.
         """
-        del rngs
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.in_features:
             raise ValueError(
                 f"x must be [B, ...] with {self.in_features} values per example, got shape "

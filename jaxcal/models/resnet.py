@@ -121,27 +121,15 @@ class ResNet18(nnx.Module):
         """
         return jnp.mean(self._feature_maps(x)["layer4"], axis=(1, 2))
 
-    def set_view(
-        self, deterministic: bool | None = None, use_running_average: bool | None = None
-    ) -> None:
-        """Accepts `nnx.view(model, deterministic=..., use_running_average=...)`, as every
-        jaxcal model does.
-
-        nnx.view switches the submodules that have these modes (Dropout, BatchNorm); ResNet18 has
-        no dropout, so `deterministic` changes nothing.
-        """
-
-    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         """Logits of a batch of images.
 
         Args:
             x: [B, H, W, 3] float32 NHWC images.
-            rngs: unused (ResNet18 has no dropout); accepted for a uniform model interface.
 
         Returns:
             [B, num_classes] logits.
         """
-        del rngs
         return self.fc(jnp.mean(self._feature_maps(x)["layer4"], axis=(1, 2)))
 
     # The public methods call this private one rather than each other, so that nnx.tabulate

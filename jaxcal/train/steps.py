@@ -1,0 +1,327 @@
+"""The jitted training and evaluation steps over pure state, and what they compute per batch."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxcal._checks import check_int
+from jaxcal.data.transforms import Preprocess
+from jaxcal.train.config import TrainConfig, make_optimizer
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything a training step reads and replaces, as plain pytrees of arrays.
+
+    Attributes:
+      step: int32 [] optimiser steps taken.
+      params: trainable parameters (a nested dict, `nnx.to_pure_dict` layout).
+      rest: the rest of the model's state except RNG streams: frozen parameters and BatchNorm
+        statistics.
+      rngs: the model's own RNG stream state (unused when dropout gets call-time keys).
+      opt_state: the optax state of `params`.
+    """
+
+    step: jax.Array
+    params: dict[str, Any]
+    rest: dict[str, Any]
+    rngs: dict[str, Any]
+    opt_state: optax.OptState
+
+
+def per_example_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Cross-entropy of every example, in float32.
+
+    Args:
+      logits: [B] or [B, 1] single binary logits (sigmoid BCE), or [B, K] (softmax CE).
+      labels: [B] int, in {0, 1} for single logits, in [0, K) otherwise.
+
+    Returns:
+      [B] losses.
+    """
+    logits = _squeeze_single(logits).astype(jnp.float32)
+    if logits.ndim == 1:
+        return optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def is_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Whether each prediction is right: logit > 0 for single logits, argmax otherwise.
+
+    Args:
+      logits: [B], [B, 1] or [B, K].
+      labels: [B] int.
+
+    Returns:
+      [B] bool.
+    """
+    logits = _squeeze_single(logits)
+    predicted = (logits > 0).astype(jnp.int32) if logits.ndim == 1 else jnp.argmax(logits, -1)
+    return predicted == labels
+
+
+def _squeeze_single(logits: jax.Array) -> jax.Array:
+    if logits.ndim == 2 and logits.shape[1] == 1:
+        return logits[:, 0]
+    if logits.ndim not in (1, 2):
+        raise ValueError(f"logits must be [B], [B, 1] or [B, K], got shape {logits.shape}")
+    return logits
+
+
+def _trainable_filter(trainable: tuple[str, ...] | None) -> nnx.filterlib.Filter:
+    if trainable is None:
+        return nnx.Param
+    names = frozenset(trainable)
+
+    def is_trainable(path: tuple[Any, ...], value: Any) -> bool:
+        return isinstance(value, nnx.Param) and bool(path) and path[0] in names
+
+    return is_trainable
+
+
+def split_state(
+    model: nnx.Module, trainable: tuple[str, ...] | None
+) -> tuple[nnx.GraphDef, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    graphdef, params, rngs, rest = nnx.split(model, _trainable_filter(trainable), nnx.RngState, ...)
+    return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest), nnx.to_pure_dict(rngs)
+
+
+def _train_view(model: nnx.Module, trainable: tuple[str, ...] | None) -> nnx.Module:
+    model = nnx.view(
+        model, deterministic=False, use_running_average=False, raise_if_not_found=False
+    )
+    if trainable is None:
+        return model
+    names = frozenset(trainable)
+    return nnx.view(
+        model,
+        only=lambda path, _: bool(path) and path[0] not in names,
+        deterministic=True,
+        use_running_average=True,
+        raise_if_not_found=False,
+    )
+
+
+def eval_view(model: nnx.Module) -> nnx.Module:
+    """`model` in eval mode: running BatchNorm statistics, no dropout."""
+    return nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
+
+
+def to_float(inputs: jax.Array, key: jax.Array | None, preprocess: Preprocess | None) -> jax.Array:
+    """`preprocess(inputs, key)`, or the inputs cast to float32 without one."""
+    if preprocess is None:
+        return inputs.astype(jnp.float32)
+    return preprocess(inputs, key)
+
+
+def _forward(model: nnx.Module, x: jax.Array, dropout_key: jax.Array) -> jax.Array:
+    """`model(x)`, with `rngs` for dropout only where the model's `__call__` takes them."""
+    if "rngs" in inspect.signature(model.__call__).parameters:
+        return model(x, rngs=nnx.Rngs(dropout_key))
+    return model(x)
+
+
+def create_train_state(model: nnx.Module, config: TrainConfig) -> tuple[nnx.GraphDef, TrainState]:
+    """Splits `model` into a graph definition and a fresh training state.
+
+    The state holds copies of the model's arrays, so donating it to the train step leaves the
+    model intact.
+
+    Args:
+      model: an NNX model.
+      config: the training configuration (`trainable` and the optimiser are used).
+
+    Returns:
+      (graphdef, state); `nnx.merge(graphdef, state.params, state.rest, state.rngs)` rebuilds
+      the model.
+
+    Raises:
+      ValueError: a name in `config.trainable` is not a top-level submodule holding parameters.
+    """
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be an nnx.Module, got {type(model)}")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config)}")
+    if config.trainable is not None:
+        owners = {str(path[0]) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+        unknown = sorted(set(config.trainable) - owners)
+        if unknown:
+            raise ValueError(
+                f"trainable names {unknown} hold no parameters; top-level submodules with "
+                f"parameters are {sorted(owners)}"
+            )
+    graphdef, params, rest, rngs = split_state(model, config.trainable)
+    params, rest, rngs = jax.tree.map(jnp.copy, (params, rest, rngs))
+    opt_state = make_optimizer(config).init(params)
+    return graphdef, TrainState(jnp.zeros((), jnp.int32), params, rest, rngs, opt_state)
+
+
+def base_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(key for steps, key for epoch permutations), both derived from `seed`."""
+    root = jax.random.key(seed)
+    return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+    """Example indices of one epoch's batches: a permutation cut into full batches.
+
+    Args:
+      key: the epoch's key, `fold_in(permutation_key, epoch)`.
+      num_examples: N.
+      batch_size: B <= N.
+
+    Returns:
+      int32 [N // B, B]; the N % B examples left over are skipped this epoch.
+    """
+    order = jax.random.permutation(key, num_examples).astype(jnp.int32)
+    num_batches = num_examples // batch_size
+    return order[: num_batches * batch_size].reshape(num_batches, batch_size)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    config: TrainConfig,
+    preprocess: Preprocess | None = None,
+    *,
+    steps_per_call: int = 1,
+    mesh: Mesh | None = None,
+) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
+    """The jitted training step; it donates the state it replaces.
+
+    `step(state, images, labels, batches) -> (state, metrics)` runs `steps_per_call` optimiser
+    steps. Step s uses batch row `s % num_batches` of `batches` and the key
+    `fold_in(step_key, s)` (split into augmentation and dropout keys), so nothing random is
+    carried in the state and a restored state continues exactly.
+
+    Args:
+      graphdef: from `create_train_state`.
+      config: the training configuration.
+      preprocess: optional `preprocess(images, key) -> float32 NHWC`, run inside the step.
+      steps_per_call: steps fused with `lax.scan` in one call.
+      mesh: when given, each batch is sharded over its "data" axis (data parallelism).
+
+    Calls with equal arguments return the same jitted function, so repeated runs compile once.
+
+    Returns:
+      The step. Arguments: `images` [N, H, W, C] (any dtype), `labels` [N] int,
+      `batches` int32 [num_batches, B]; `metrics` is float32 [steps_per_call, 2] holding each
+      step's (loss, accuracy).
+    """
+    check_int("steps_per_call", steps_per_call)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config)}")
+    # Fields a step does not read are reset, so runs differing only in them share one step.
+    step_config = dataclasses.replace(
+        config,
+        epochs=1,
+        patience=None,
+        monitor="val_loss",
+        eval_batch_size=1,
+        steps_per_call=None,
+        max_to_keep=1,
+    )
+    return _train_step(graphdef, step_config, preprocess, steps_per_call, mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _train_step(
+    graphdef: nnx.GraphDef,
+    config: TrainConfig,
+    preprocess: Preprocess | None,
+    steps_per_call: int,
+    mesh: Mesh | None,
+) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
+    tx = make_optimizer(config)
+    step_key, _ = base_keys(config.seed)
+    batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
+
+    def one_step(state: TrainState, images, labels, batches) -> tuple[TrainState, jax.Array]:
+        row = state.step % batches.shape[0]
+        index = jax.lax.dynamic_index_in_dim(batches, row, keepdims=False)
+        if batch_sharding is not None:
+            index = jax.lax.with_sharding_constraint(index, batch_sharding)
+        x = images.at[index].get(mode="promise_in_bounds")
+        y = labels.at[index].get(mode="promise_in_bounds")
+        augment_key, dropout_key = jax.random.split(jax.random.fold_in(step_key, state.step))
+        x = to_float(x, augment_key, preprocess)
+
+        def loss_fn(params):
+            model = _train_view(
+                nnx.merge(graphdef, params, state.rngs, state.rest), config.trainable
+            )
+            logits = _forward(model, x, dropout_key)
+            _, _, rest, rngs = split_state(model, config.trainable)
+            return per_example_loss(logits, y).mean(), (logits, rest, rngs)
+
+        (loss, (logits, rest, rngs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        accuracy = is_correct(logits, y).mean(dtype=jnp.float32)
+        new_state = TrainState(state.step + 1, params, rest, rngs, opt_state)
+        return new_state, jnp.stack([loss, accuracy])
+
+    def step(state, images, labels, batches):
+        if steps_per_call == 1:
+            state, metrics = one_step(state, images, labels, batches)
+            return state, metrics[None]
+        return jax.lax.scan(
+            lambda s, _: one_step(s, images, labels, batches), state, length=steps_per_call
+        )
+
+    return jax.jit(step, donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=16)
+def make_eval_step(
+    graphdef: nnx.GraphDef,
+    preprocess: Preprocess | None = None,
+    *,
+    mesh: Mesh | None = None,
+) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]:
+    """The jitted evaluation step (eval mode: running BatchNorm statistics, no dropout).
+
+    `eval_step(state, images, labels, index, weight) -> float32 [2]` returns the weighted
+    sums (loss, correct) over the batch `images[index]`; padding rows get weight 0.
+
+    Args:
+      graphdef: from `create_train_state`.
+      preprocess: optional `preprocess(images, None) -> float32 NHWC`.
+      mesh: when given, the batch is sharded over its "data" axis.
+
+    Calls with equal arguments return the same jitted function.
+
+    Returns:
+      The step. `index` int32 [B], `weight` float32 [B].
+    """
+    batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
+
+    def eval_step(state: TrainState, images, labels, index, weight):
+        if batch_sharding is not None:
+            index = jax.lax.with_sharding_constraint(index, batch_sharding)
+        x = to_float(images.at[index].get(mode="promise_in_bounds"), None, preprocess)
+        y = labels.at[index].get(mode="promise_in_bounds")
+        model = eval_view(nnx.merge(graphdef, state.params, state.rngs, state.rest))
+        logits = model(x)
+        return jnp.stack(
+            [
+                jnp.sum(per_example_loss(logits, y) * weight),
+                jnp.sum(is_correct(logits, y) * weight),
+            ]
+        )
+
+    return jax.jit(eval_step)
