@@ -13,11 +13,13 @@ import jax
 import numpy as np
 
 from jaxcal import plotting
+from jaxcal.study.calibrators import comparison_table
 from jaxcal.study.results import CalibrationStudy
 
 
 def calibration_table(study: CalibrationStudy) -> str:
-    """A markdown table of the test metrics before and after temperature scaling."""
+    """A markdown table of the test metrics before and after temperature scaling, followed by
+    the comparison of every calibrator when the study fitted others."""
     scaled, test = study.temperature, study.test
     fit = scaled.fit
     lines = [
@@ -51,6 +53,8 @@ def calibration_table(study: CalibrationStudy) -> str:
         f"| ECE 95 % bootstrap interval | [{lo_b:.4f}, {hi_b:.4f}] | [{lo_a:.4f}, {hi_a:.4f}] |"
     )
     lines.append(f"| accuracy | {test.accuracy:.4f} | {test.accuracy:.4f} |")
+    if len(study.methods) > 1:
+        lines += ["", comparison_table(study)]
     return "\n".join(lines)
 
 
