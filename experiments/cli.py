@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from flax import nnx
 
-from jaxcal import data, models, study
+from jaxcal import calibration, data, models, study
 
 WEIGHTS_HELP = models.WEIGHTS_HELP
 TRAIN_CHOICES = ("head", "layer4", "all")
@@ -38,6 +38,8 @@ class Recipe:
       max_test: use only N test images (None: all).
       num_temperatures: temperatures in the study's sweep.
       num_resamples: bootstrap resamples of the ECE intervals.
+      calibrators: calibration methods the study compares (None: all that apply; temperature
+        scaling is always among them).
     """
 
     epochs: int = 10
@@ -48,6 +50,7 @@ class Recipe:
     max_test: int | None = None
     num_temperatures: int = 1000
     num_resamples: int = 1000
+    calibrators: tuple[str, ...] | None = None
 
     def study_config(self) -> study.StudyConfig:
         """The calibration study's settings."""
@@ -55,6 +58,7 @@ class Recipe:
             seed=self.seed,
             num_temperatures=self.num_temperatures,
             num_resamples=self.num_resamples,
+            calibrators=self.calibrators,
         )
 
 
@@ -75,6 +79,17 @@ def positive_float(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def calibrator_list(text: str) -> tuple[str, ...]:
+    """argparse type: comma-separated names from `calibration.CALIBRATORS`."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in calibration.CALIBRATORS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated names from {','.join(calibration.CALIBRATORS)}, got {text!r}"
+        )
+    return names
 
 
 def seed(text: str) -> int:
@@ -127,6 +142,14 @@ def parser_for(prog: str, doc: str, recipe: Recipe, *, default_out: str) -> argp
     add_recipe_option(parser, recipe, "--epochs", positive_int, "training epochs")
     add_recipe_option(parser, recipe, "--batch-size", positive_int, "training batch size")
     add_recipe_option(parser, recipe, "--seed", seed, "seed of init, split and batches")
+    add_recipe_option(
+        parser,
+        recipe,
+        "--calibrators",
+        calibrator_list,
+        "calibrators the study fits on validation and compares on test, e.g. "
+        "temperature,isotonic (the default None: every one that applies)",
+    )
     add_recipe_option(
         parser, recipe, "--max-train", positive_int, "use only the first N training images"
     )

@@ -66,6 +66,7 @@ class Studied:
         config, history = self.trained.config, self.trained.history
         return {
             **self.study.to_json(),
+            "calibrators": study.comparison_rows(self.study),
             "training": {
                 "optimizer": config.optimizer,
                 "learning_rate": config.learning_rate,

@@ -31,6 +31,7 @@ FIGURES = {
     "scale_effect.png",
     "temperature_overlay.png",
     "metrics_vs_temperature.png",
+    "calibrators.png",
 }
 # float32 metrics computed from the same logits: the fitted T minimises the validation NLL,
 # so it can only exceed the NLL at T = 1 by float32 rounding of a sum over a few hundred terms.

@@ -19,6 +19,7 @@ FIGURES = {
     "scale_effect.png",
     "temperature_overlay.png",
     "metrics_vs_temperature.png",
+    "calibrators.png",
 }
 EPOCHS, PATIENCE = 4, 1
 

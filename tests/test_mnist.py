@@ -20,6 +20,7 @@ MODEL_FIGURES = {
     "scale_effect.png",
     "temperature_overlay.png",
     "metrics_vs_temperature.png",
+    "calibrators.png",
 }
 # torch's parameter counts of the originals' models.
 PARAMETERS = {"mlp": 669_706, "cnn": 61_706, "lenet5_classic": 61_706}

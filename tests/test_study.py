@@ -15,7 +15,7 @@ from jaxcal import calibration, study
 
 matplotlib.use("Agg")
 
-CONFIG = study.StudyConfig(num_temperatures=50, num_resamples=100)
+CONFIG = study.StudyConfig(num_temperatures=50, num_resamples=100, calibrators=("temperature",))
 NUM_BINS = CONFIG.num_bins
 # The model logits are 3 x the true logits, so T = 3 minimises the expected NLL exactly. The
 # fitted T is a maximum-likelihood estimate from finite data: with a = 1/T, var(a) ~ 1 / (N I)

@@ -1,4 +1,4 @@
-"""Calibration metrics and temperature scaling in pure JAX (imports only jax, optax and numpy).
+"""Calibration metrics, temperature scaling and other calibrators in pure JAX (jax/optax/numpy).
 
 Scores are [N] (binary: one logit per sample, or p(y=1) with from_logits=False) or [N, K]
 (multiclass logits or probabilities); labels are [N] ints. Every function works under
@@ -7,6 +7,12 @@ value checks (finite scores, probabilities in [0, 1], labels in range) run eager
 concrete arrays only.
 """
 
+from jaxcal.calibration.calibrators import (
+    CALIBRATORS,
+    Calibrator,
+    applicable_methods,
+    fit_calibrator,
+)
 from jaxcal.calibration.consistency import CalibrationTest, calibration_test
 from jaxcal.calibration.kernel import kernel_calibration_error, mmce
 from jaxcal.calibration.ks import ks_calibration_error
@@ -35,16 +41,19 @@ from jaxcal.calibration.temperature import (
 )
 
 __all__ = [
+    "CALIBRATORS",
     "MAX_TEMPERATURE",
     "MIN_TEMPERATURE",
     "BootstrapInterval",
     "CalibrationTest",
+    "Calibrator",
     "ReliabilityBins",
     "SmoothECE",
     "SmoothReliability",
     "TemperatureFit",
     "TemperatureSweep",
     "accuracy",
+    "applicable_methods",
     "apply_temperature",
     "brier_score",
     "calibration_error",
@@ -52,6 +61,7 @@ __all__ = [
     "classwise_ece",
     "ece",
     "ece_bootstrap",
+    "fit_calibrator",
     "fit_temperature",
     "kernel_calibration_error",
     "ks_calibration_error",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxcal import calibration
+
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
@@ -18,6 +20,8 @@ class StudyConfig:
       temperature_range: (lowest, highest) temperature of the sweep.
       num_resamples: bootstrap resamples for the 95 % ECE intervals.
       seed: seed of the bootstrap.
+      calibrators: the `calibration.CALIBRATORS` methods fitted on validation and compared on
+        test (temperature scaling always among them); None: every one that applies.
     """
 
     num_bins: int = 15
@@ -26,6 +30,7 @@ class StudyConfig:
     temperature_range: tuple[float, float] = (0.2, 5.0)
     num_resamples: int = 1000
     seed: int = 0
+    calibrators: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_bins", "num_temperatures", "num_resamples"):
@@ -34,6 +39,15 @@ class StudyConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.binary not in ("positive", "top_label"):
             raise ValueError(f"binary must be 'positive' or 'top_label', got {self.binary!r}")
+        if self.calibrators is not None and (
+            not isinstance(self.calibrators, tuple)
+            or not self.calibrators
+            or any(m not in calibration.CALIBRATORS for m in self.calibrators)
+        ):
+            raise ValueError(
+                f"calibrators must be a non-empty tuple of {list(calibration.CALIBRATORS)} or "
+                f"None, got {self.calibrators!r}"
+            )
         bounds = self.temperature_range
         if (
             not isinstance(bounds, tuple)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pathlib
 
 import jax
+import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxcal import calibration, plotting
 from jaxcal.study.beyond_bins import figure_path, smooth_reliability_figure
+from jaxcal.study.calibrators import UNCALIBRATED
 from jaxcal.study.report import save_figure_atomic
 from jaxcal.study.results import CalibrationStudy
 
@@ -58,6 +60,8 @@ def save_study_figures(study: CalibrationStudy, out_dir: str | pathlib.Path) -> 
         save_figure_atomic(fig, figure_path(out_dir))
     )
     figures.update(_sweep_figures(study, out_dir))
+    if len(study.methods) > 1:
+        figures.update(save_comparison_figure(study, out_dir))
     return figures
 
 
@@ -101,3 +105,22 @@ def _sweep_figures(study: CalibrationStudy, out_dir: pathlib.Path) -> dict[str, 
         ax.figure, out_dir / "metrics_vs_temperature.png"
     )
     return figures
+
+
+def save_comparison_figure(study: CalibrationStudy, out_dir: str | pathlib.Path) -> dict[str, str]:
+    """One figure, a test-set reliability diagram per method; returns {caption: file name}."""
+    panels = [(UNCALIBRATED, study.test.raw)]
+    panels += [(name, result.test) for name, result in study.methods.items()]
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4 * columns, 4 * rows), squeeze=False, layout="constrained"
+    )
+    for ax, (name, measures) in zip(axes.flat, panels, strict=False):
+        plotting.reliability_diagram(
+            ax, measures.bins, title=name, ece=measures.ece, binary=study.binary
+        )
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_axis_off()
+    name = save_figure_atomic(figure, pathlib.Path(out_dir) / "calibrators.png")
+    return {"Test-set reliability of every calibrator (fitted on validation)": name}

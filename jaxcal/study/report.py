@@ -14,11 +14,13 @@ import numpy as np
 
 from jaxcal import plotting
 from jaxcal.study.beyond_bins import table_rows
+from jaxcal.study.calibrators import comparison_table
 from jaxcal.study.results import CalibrationStudy
 
 
 def calibration_table(study: CalibrationStudy) -> str:
-    """A markdown table of the test metrics before and after temperature scaling."""
+    """A markdown table of the test metrics before and after temperature scaling, followed by
+    the comparison of every calibrator when the study fitted others."""
     scaled, test = study.temperature, study.test
     fit = scaled.fit
     lines = [
@@ -53,6 +55,8 @@ def calibration_table(study: CalibrationStudy) -> str:
     )
     lines += table_rows(test.raw.beyond, scaled.test.beyond)
     lines.append(f"| accuracy | {test.accuracy:.4f} | {test.accuracy:.4f} |")
+    if len(study.methods) > 1:
+        lines += ["", comparison_table(study)]
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcal import calibration
+from jaxcal.study.calibrators import fit_calibrators, study_methods
 from jaxcal.study.config import StudyConfig
 from jaxcal.study.measures import measure
 from jaxcal.study.results import (
@@ -30,7 +31,8 @@ def run_study(
     test_labels: jax.typing.ArrayLike,
     config: StudyConfig | None = None,
 ) -> CalibrationStudy:
-    """Fits a temperature on validation logits and compares test calibration before and after.
+    """Fits a temperature on validation logits and compares test calibration before and after;
+    fits the other calibrators of `config.calibrators` (default: all that apply) alike.
 
     Args:
       val_logits: [N] binary or [N, K] multiclass logits of the validation set (fit set).
@@ -41,7 +43,7 @@ def run_study(
 
     Returns:
       A CalibrationStudy: both splits' uncalibrated measures and, per method (temperature
-      scaling), the calibrated measures, the fit and the test-set sweep.
+      scaling first, with its fit and test-set sweep), the calibrated measures.
 
     Raises:
       ValueError: mismatched widths or the input errors of `jaxcal.calibration`.
@@ -54,6 +56,7 @@ def run_study(
             f"{val_logits.shape} and {test_logits.shape}"
         )
     binary = config.binary if val_logits.ndim == 1 else "top_label"
+    methods = study_methods(config.calibrators, multiclass=val_logits.ndim == 2)
     fit = calibration.fit_temperature(val_logits, val_labels)
     val = (val_logits, val_labels)
     test = (test_logits, test_labels)
@@ -63,7 +66,10 @@ def run_study(
         multiclass=val_logits.ndim == 2,
         val=_split_result(*val, config, binary, bootstrap=False),
         test=_split_result(*test, config, binary, bootstrap=True),
-        methods={TEMPERATURE: _temperature_result(fit, val, test, config, binary)},
+        methods={
+            TEMPERATURE: _temperature_result(fit, val, test, config, binary),
+            **fit_calibrators(val, test, methods, config, binary),
+        },
     )
 
 
