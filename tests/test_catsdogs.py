@@ -20,6 +20,7 @@ FIGURES = {
     "temperature_overlay.png",
     "metrics_vs_temperature.png",
     "calibrators.png",
+    "smooth_reliability_before_after.png",
 }
 EPOCHS, PATIENCE = 4, 1
 

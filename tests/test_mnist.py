@@ -21,6 +21,7 @@ MODEL_FIGURES = {
     "temperature_overlay.png",
     "metrics_vs_temperature.png",
     "calibrators.png",
+    "smooth_reliability_before_after.png",
 }
 # torch's parameter counts of the originals' models.
 PARAMETERS = {"mlp": 669_706, "cnn": 61_706, "lenet5_classic": 61_706}

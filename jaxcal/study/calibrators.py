@@ -9,13 +9,14 @@ from typing import Any
 import jax
 
 from jaxcal import calibration
+from jaxcal.study.beyond_bins import BeyondBins
 from jaxcal.study.config import StudyConfig
 from jaxcal.study.measures import Measures, measure
 from jaxcal.study.results import TEMPERATURE, CalibrationStudy, MethodResult
 
 UNCALIBRATED = "uncalibrated"
 # Measures where higher is better; every other column is best at its minimum.
-HIGHER_IS_BETTER = ("accuracy",)
+HIGHER_IS_BETTER = ("accuracy", "calibration_p_value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +77,7 @@ def fit_calibrators(
         test_p = calibrator.probabilities(test[0])
         results[method] = CalibratorResult(
             val=measure(val_p, val[1], **kw),
-            test=measure(test_p, test[1], **kw),
+            test=measure(test_p, test[1], beyond=True, **kw),
             test_ece_interval=calibration.ece_bootstrap(
                 test_p,
                 test[1],
@@ -91,8 +92,10 @@ def fit_calibrators(
 
 
 def _measure_names() -> list[str]:
-    """The scalar fields of Measures (every measure the study has, in its order)."""
-    return [f.name for f in dataclasses.fields(Measures) if f.name != "bins"]
+    """The scalar fields of Measures and of its BeyondBins (every measure the study has)."""
+    binned = [f.name for f in dataclasses.fields(Measures) if f.name not in ("bins", "beyond")]
+    beyond = [f.name for f in dataclasses.fields(BeyondBins) if f.name != "curve"]
+    return binned + beyond
 
 
 def comparison_rows(study: CalibrationStudy) -> dict[str, dict[str, Any]]:
@@ -108,7 +111,10 @@ def comparison_rows(study: CalibrationStudy) -> dict[str, dict[str, Any]]:
 
 def _row(test: Measures, accuracy: float, converged: bool | None) -> dict[str, Any]:
     return {
-        **{name: float(getattr(test, name)) for name in _measure_names()},
+        **{
+            name: float(getattr(test.beyond if hasattr(test.beyond, name) else test, name))
+            for name in _measure_names()
+        },
         "accuracy": float(accuracy),
         "converged": converged,
     }
