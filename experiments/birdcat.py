@@ -163,11 +163,7 @@ def train_pretrained(
         )
     parts = cli.trainable_parts(recipe.model, recipe.trains)
     config = dataclasses.replace(train_config(recipe), trainable=parts)
-    trained = (
-        models.parameter_count(model)
-        if parts is None
-        else sum(models.parameter_count(getattr(model, name)) for name in parts)
-    )
+    trained = models.parameter_count(model, parts)
     return pipeline.fit_on_splits(
         model,
         splits,

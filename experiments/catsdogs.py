@@ -129,11 +129,7 @@ def train_pretrained(recipe: CatsDogsRecipe, splits: data.DatasetSplits, fit_opt
         resize_to=recipe.image_size,
         augment=data.AugmentConfig.catsdogs(output_size=recipe.image_size),
     )
-    trained = (
-        models.parameter_count(model)
-        if parts is None
-        else sum(models.parameter_count(getattr(model, name)) for name in parts)
-    )
+    trained = models.parameter_count(model, parts)
     return pipeline.fit_on_splits(
         model,
         splits,

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcal.models.layers import batch_norm, conv2d
 from jaxcal.models.mlp import TORCH_KERNEL_INIT
 
 # torchvision's DenseNet: kaiming_normal_ (fan_in, gain sqrt(2)) for every convolution,
@@ -34,21 +35,9 @@ STAGES = (
 def _conv(
     in_features: int, out_features: int, kernel_size: int, stride: int, padding: int, rngs: nnx.Rngs
 ) -> nnx.Conv:
-    return nnx.Conv(
-        in_features,
-        out_features,
-        (kernel_size, kernel_size),
-        strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        use_bias=False,
-        kernel_init=_CONV_INIT,
-        rngs=rngs,
+    return conv2d(
+        in_features, out_features, kernel_size, stride, padding, rngs, kernel_init=_CONV_INIT
     )
-
-
-def _batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    # torch BatchNorm2d(eps=1e-5, momentum=0.1) == Flax momentum 0.9 (see resnet.py).
-    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
 class DenseLayer(nnx.Module):
@@ -56,9 +45,9 @@ class DenseLayer(nnx.Module):
 
     def __init__(self, in_features: int, *, rngs: nnx.Rngs):
         width = BOTTLENECK * GROWTH_RATE
-        self.norm1 = _batch_norm(in_features, rngs)
+        self.norm1 = batch_norm(in_features, rngs)
         self.conv1 = _conv(in_features, width, 1, 1, 0, rngs)
-        self.norm2 = _batch_norm(width, rngs)
+        self.norm2 = batch_norm(width, rngs)
         self.conv2 = _conv(width, GROWTH_RATE, 3, 1, 1, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -93,7 +82,7 @@ class Transition(nnx.Module):
     """torchvision's `_Transition`: BN-ReLU-conv1x1 halving the width, then 2x2 average pooling."""
 
     def __init__(self, in_features: int, *, rngs: nnx.Rngs):
-        self.norm = _batch_norm(in_features, rngs)
+        self.norm = batch_norm(in_features, rngs)
         self.conv = _conv(in_features, in_features // 2, 1, 1, 0, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -138,7 +127,7 @@ class DenseNet121(nnx.Module):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
         self.conv0 = _conv(3, STEM_FEATURES, 7, 2, 3, rngs)
-        self.norm0 = _batch_norm(STEM_FEATURES, rngs)
+        self.norm0 = batch_norm(STEM_FEATURES, rngs)
         features = STEM_FEATURES
         for i, num_layers in enumerate(BLOCK_LAYERS, start=1):
             setattr(self, f"denseblock{i}", DenseBlock(features, num_layers, rngs=rngs))
@@ -146,7 +135,7 @@ class DenseNet121(nnx.Module):
             if i < len(BLOCK_LAYERS):
                 setattr(self, f"transition{i}", Transition(features, rngs=rngs))
                 features //= 2
-        self.norm5 = _batch_norm(features, rngs)
+        self.norm5 = batch_norm(features, rngs)
         self.classifier = classifier(num_classes, rngs=rngs)
 
     def feature_maps(self, x: jax.Array) -> dict[str, jax.Array]:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcal.models.layers import batch_norm, conv2d
 from jaxcal.models.mlp import dense
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for every convolution.
@@ -16,23 +17,9 @@ STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 def _conv(
     in_features: int, out_features: int, kernel_size: int, stride: int, padding: int, rngs: nnx.Rngs
 ) -> nnx.Conv:
-    return nnx.Conv(
-        in_features,
-        out_features,
-        (kernel_size, kernel_size),
-        strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        use_bias=False,
-        kernel_init=_CONV_INIT,
-        rngs=rngs,
+    return conv2d(
+        in_features, out_features, kernel_size, stride, padding, rngs, kernel_init=_CONV_INIT
     )
-
-
-def _batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    # torch BatchNorm2d(eps=1e-5, momentum=0.1) == Flax momentum 0.9. One difference remains in
-    # train mode: torch updates running_var with the unbiased batch variance, Flax with the
-    # biased one (a factor n / (n - 1), n = B * H * W values per channel).
-    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
 class BasicBlock(nnx.Module):
@@ -44,12 +31,12 @@ class BasicBlock(nnx.Module):
 
     def __init__(self, in_features: int, features: int, stride: int, *, rngs: nnx.Rngs):
         self.conv1 = _conv(in_features, features, 3, stride, 1, rngs)
-        self.bn1 = _batch_norm(features, rngs)
+        self.bn1 = batch_norm(features, rngs)
         self.conv2 = _conv(features, features, 3, 1, 1, rngs)
-        self.bn2 = _batch_norm(features, rngs)
+        self.bn2 = batch_norm(features, rngs)
         if stride != 1 or in_features != features:
             self.downsample = nnx.Sequential(
-                _conv(in_features, features, 1, stride, 0, rngs), _batch_norm(features, rngs)
+                _conv(in_features, features, 1, stride, 0, rngs), batch_norm(features, rngs)
             )
         else:
             self.downsample = None
@@ -84,7 +71,7 @@ class ResNet18(nnx.Module):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
         self.conv1 = _conv(3, 64, 7, 2, 3, rngs)
-        self.bn1 = _batch_norm(64, rngs)
+        self.bn1 = batch_norm(64, rngs)
         widths = (64, 128, 256, 512)
         in_features = 64
         for i, features in enumerate(widths, start=1):

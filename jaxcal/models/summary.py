@@ -9,11 +9,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def parameter_count(model: nnx.Module) -> int:
+def parameter_count(model: nnx.Module, parts: Sequence[str] | None = None) -> int:
     """Number of trainable values (`nnx.Param`), as torch counts `model.parameters()`.
 
     BatchNorm running statistics (`nnx.BatchStat`) are not parameters and are not counted.
+
+    Args:
+      model: an NNX module.
+      parts: names of top-level submodules to count (e.g. a `TrainConfig.trainable`); None
+        counts the whole model.
     """
+    if parts is not None:
+        return sum(parameter_count(getattr(model, name)) for name in parts)
     return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
