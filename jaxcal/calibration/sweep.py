@@ -377,9 +377,10 @@ def temperature_sweep(
         batch_size = min(_checks.check_positive_int("batch_size", batch_size), num_temperatures)
     order = None
     if logits.ndim == 1 and _checks.is_concrete(logits):
-        # The one sort, on the host: numpy's stable argsort is ~10x faster than XLA:CPU's
-        # (1e6 logits: 0.12 s vs 1.7 s) and gives the same order as jnp.argsort under jit.
-        order = np.argsort(np.asarray(_keys(logits, binary)), kind="stable").astype(np.int32)
+        # The one sort, on the host: numpy's introsort is ~80x faster than XLA:CPU's sort
+        # (1e6 logits: 21 ms vs 1.7 s). The order of tied keys does not matter: ties share
+        # their confidence at every T, so no bin bound falls between them.
+        order = np.argsort(np.asarray(_keys(logits, binary))).astype(np.int32)
     return _temperature_sweep(
         logits, labels, temperatures, order, num_bins, binary, closed, norm, binning, batch_size
     )
