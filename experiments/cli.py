@@ -147,8 +147,8 @@ def parser_for(prog: str, doc: str, recipe: Recipe, *, default_out: str) -> argp
         recipe,
         "--calibrators",
         calibrator_list,
-        "calibrators the study fits on validation and compares on test, e.g. "
-        "temperature,isotonic (the default None: every one that applies)",
+        "calibrators the study fits on validation and compares on test, e.g. temperature,isotonic",
+        shown="every one that applies",
     )
     add_recipe_option(
         parser, recipe, "--max-train", positive_int, "use only the first N training images"
@@ -165,13 +165,16 @@ def add_recipe_option(
     help_text: str,
     *,
     dest: str | None = None,
+    shown: str | None = None,
     **kwargs: Any,
 ) -> None:
     """Adds `flag` for the recipe field `dest` (default: the flag's name); the help shows the
-    recipe's default, and the option stays out of the namespace unless given."""
+    recipe's default (or `shown`, what a None default means), and the option stays out of the
+    namespace unless given."""
     dest = dest or flag.removeprefix("--").replace("-", "_")
     default = getattr(recipe, dest)
-    shown = "the model's own" if default is None else default
+    if shown is None:
+        shown = "the model's own" if default is None else default
     parser.add_argument(
         flag,
         type=kind,
