@@ -78,9 +78,9 @@ class _SortedBinary(NamedTuple):
       logits: [M] logits sorted by their key (the logit for binary="positive", |logit| for
         "top_label"), padded with +inf to M = blocks x block > N (padding enters no bin, no
         NLL and no Brier score).
-      magnitudes: [M] |logits| (+inf for the padding).
+      decay: [M] -|logits| (-inf for the padding): exp(decay / T) is the smaller odds.
       negative: [M] logits < 0.
-      positive: [M] labels == 1 (True for the padding).
+      labels: [M] float labels (1 for the padding).
       wrong_side: sum of |logit| over the samples whose logit points away from their label:
         the part of the NLL sum that is linear in 1 / T.
       correct: [N + 1] int32 prefix sums of the targets at T = 1 (label, or prediction correct).
@@ -89,9 +89,9 @@ class _SortedBinary(NamedTuple):
     """
 
     logits: jax.Array
-    magnitudes: jax.Array
+    decay: jax.Array
     negative: jax.Array
-    positive: jax.Array
+    labels: jax.Array
     wrong_side: jax.Array
     correct: jax.Array
     negatives: jax.Array
@@ -114,12 +114,11 @@ def _sort_binary(logits, labels, order, binary: str, block: int) -> _SortedBinar
 
     wrong = jnp.where(labels == 1, logits < 0, logits > 0)
     logits = jnp.pad(logits, (0, pad), constant_values=jnp.inf)
-    positive = jnp.pad(labels == 1, (0, pad), constant_values=True)
     return _SortedBinary(
         logits=logits,
-        magnitudes=jnp.abs(logits),
+        decay=-jnp.abs(logits),
         negative=logits < 0,
-        positive=positive,
+        labels=jnp.pad(labels.astype(logits.dtype), (0, pad), constant_values=1.0),
         wrong_side=jnp.sum(jnp.where(wrong, jnp.abs(logits[:n]), 0.0)),
         correct=prefix(target),
         negatives=prefix(labels == 0),
@@ -168,18 +167,21 @@ def _binary_totals(data: _SortedBinary, temperature, *, binary: str, block: int)
     u = exp(-|z| / T) is written once and read by three reductions that XLA:CPU fuses with
     their element-wise producers: log1p(u) (the NLL is its sum plus the wrong-side part
     |z| / T, linear in 1 / T), the confidences sigmoid(|z| / T) = 1 / (1 + u) (times u
-    for negative logits) summed per block, and the Brier terms. Measured at 10,000 samples:
-    25 % faster than selecting the NLL and Brier terms per sample from shared intermediates.
+    for negative logits) summed per block, and the Brier terms. XLA:CPU's cost grows with
+    the operations per element more than with their kind (a division costs about what an exp
+    does), so every one saved counts: measured at 10,000 samples, this form is 1.3x faster
+    than selecting the NLL and Brier terms per sample from shared intermediates.
 
     Returns:
       [blocks] confidence sum of each block, the NLL sum and the Brier sum (padding adds 0).
     """
-    u = jnp.exp(-data.magnitudes / temperature)
-    nll = jnp.sum(jnp.log1p(u)) + data.wrong_side / temperature
+    inverse = 1.0 / temperature
+    u = jnp.exp(data.decay * inverse)
+    nll = jnp.sum(jnp.log1p(u)) + data.wrong_side * inverse
     above = 1.0 / (1.0 + u)  # sigmoid(|z / T|); sigmoid(-|x|) = u sigmoid(|x|)
     p_positive = jnp.where(data.negative, u * above, above)
     confidence = p_positive if binary == "positive" else above
-    brier = jnp.sum(jnp.where(data.positive, 1.0 - p_positive, p_positive) ** 2)
+    brier = jnp.sum((p_positive - data.labels) ** 2)
     return jnp.sum(confidence.reshape(-1, block), axis=-1), nll, brier
 
 
