@@ -765,11 +765,14 @@ CHECK_CASES = [
 class TestHostValueChecks:
     """CPU inputs are checked in numpy; every outcome must equal the exact device pass."""
 
+    @pytest.mark.parametrize("xla_row_sums", [False, True])
     @pytest.mark.parametrize("float64", [False, True])
     @pytest.mark.parametrize(("scores", "labels", "from_logits"), CHECK_CASES)
     def test_host_checks_equal_device_checks(
-        self, monkeypatch, scores, labels, from_logits, float64
+        self, monkeypatch, scores, labels, from_logits, float64, xla_row_sums
     ):
+        if xla_row_sums:
+            monkeypatch.setattr(_checks, "HOST_MATVEC_ENTRIES", 0)
         with jax.enable_x64(float64):
             scores = jnp.asarray(scores, jnp.float64 if float64 else jnp.float32)
             host = check_outcome(scores, labels, from_logits)
