@@ -357,6 +357,11 @@ def _l1_error(scores, labels, num_bins, from_logits, binary, closed, binning):
     confidence, target = _confidence_and_target(
         scores, labels, from_logits=from_logits, binary=binary
     )
+    return _l1_from_pairs(confidence, target, num_bins, closed, binning)
+
+
+def _l1_from_pairs(confidence, target, num_bins, closed, binning):
+    """The l1 ECE of [N] (confidence, target) pairs from per-bin residual sums (see `_l1_error`)."""
     edges = _edges(confidence, num_bins, binning)
     index = _bin_index(confidence, edges, closed=closed, uniform=binning == "uniform")
     residual = _binned_sums((confidence - target)[:, None], index, num_bins)
@@ -626,6 +631,8 @@ def _ece_bootstrap(
     n = conf.shape[0]
 
     def error(c, t):
+        if norm == "l1":
+            return _l1_from_pairs(c, t, num_bins, closed, binning)
         edges = _edges(c, num_bins, binning)
         bins = _bin_statistics(c, t, edges, closed=closed, uniform=binning == "uniform")
         return _calibration_error(bins, norm)
