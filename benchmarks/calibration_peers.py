@@ -1,8 +1,8 @@
 """jaxcal's calibration measures against torchmetrics, netcal, relplot and a numpy bootstrap.
 
-Run `python -m benchmarks.calibration_peers [--quick] [--json PATH]`. Every row times jaxcal and
-its peer in one interleaved run (A B A B ..., medians) on the same inputs and records both
-values, which must agree; the peak-RSS rows run `ece` in fresh processes.
+Run `python -m benchmarks.calibration_peers [--quick] [--json PATH] [--tasks ece ...]`. Every
+row times jaxcal and its peer in one interleaved run (A B A B ..., medians) on the same inputs
+and records both values, which must agree; the peak-RSS rows run `ece` in fresh processes.
 """
 
 from __future__ import annotations
@@ -250,15 +250,30 @@ def bench_peak_rss(cfg: PeersConfig, log: Callable[[str], None]) -> list[dict[st
     return rows
 
 
-def run(quick: bool = False, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Runs every row and returns the report (machine, config, rows)."""
+BENCHES = {
+    "ece": bench_ece,
+    "bootstrap": bench_bootstrap,
+    "smooth_ece": bench_smooth_ece,
+    "peak_rss": bench_peak_rss,
+}
+
+
+def run(
+    quick: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+    tasks: tuple[str, ...] = tuple(BENCHES),
+) -> dict[str, Any]:
+    """Runs the rows of `tasks` (BENCHES names); returns the report (machine, config, rows)."""
+    unknown = sorted(set(tasks) - set(BENCHES))
+    if unknown:
+        raise ValueError(f"tasks must be among {sorted(BENCHES)}, got {unknown}")
     cfg = PeersConfig.quick() if quick else PeersConfig()
     rows = []
-    for bench in (bench_ece, bench_bootstrap, bench_smooth_ece, bench_peak_rss):
-        rows.extend(bench(cfg, log))
+    for task in tasks:
+        rows.extend(BENCHES[task](cfg, log))
     return {
         "machine": timing.machine_info(),
-        "config": {"quick": quick, **dataclasses.asdict(cfg)},
+        "config": {"quick": quick, "tasks": list(tasks), **dataclasses.asdict(cfg)},
         "rows": rows,
     }
 
@@ -289,8 +304,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a minute on 2 cores")
     parser.add_argument("--json", type=pathlib.Path, help="write the report as JSON here")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=sorted(BENCHES),
+        default=list(BENCHES),
+        help="run only these rows (default: all)",
+    )
     args = parser.parse_args(argv)
-    report = run(quick=args.quick, log=lambda m: print(m, file=sys.stderr))
+    report = run(quick=args.quick, log=lambda m: print(m, file=sys.stderr), tasks=tuple(args.tasks))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     print(markdown(report))

@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 from jaxcal.calibration import (
     BootstrapInterval,
     ReliabilityBins,
+    _checks,
     accuracy,
     brier_score,
     calibration_error,
@@ -715,3 +716,123 @@ class TestLabelAndLogitChecks:
             warnings.simplefilter("error")
             ece(np.zeros(3), np.array([0, 1, 1]))  # constant logits mean p = 0.5 either way
             ece(np.array([-1.0, 0.5, 2.0]), np.array([0, 1, 1]))
+
+
+def check_outcome(scores, labels, from_logits):
+    """What `check_scores_labels` does with these inputs: the error message or the warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            _checks.check_scores_labels(scores, labels, from_logits=from_logits)
+        except ValueError as error:
+            return ("error", str(error))
+    return ("ok", [str(w.message) for w in caught])
+
+
+ROW_ATOL = _checks.ROW_SUM_ATOL
+CHECK_CASES = [
+    (np.array([0.0, 0.3, 1.0]), np.array([0, 1, 1]), False),
+    (np.array([-0.0, 0.3, 1.0]), np.array([0, 1, 1]), False),  # -0.0 >= 0: accepted
+    (np.array([0.2, np.nan]), np.array([0, 1]), False),
+    (np.array([0.2, np.inf]), np.array([0, 1]), True),
+    (np.array([0.2, 1.0 + 1e-7]), np.array([0, 1]), False),
+    (np.array([-1e-30, 0.5]), np.array([0, 1]), False),
+    (np.array([0.2, 0.9]), np.array([0, 1]), True),  # warns
+    (np.array([0.2, 1.5]), np.array([0, 1]), True),
+    (np.array([-0.5, 0.5]), np.array([0, 1]), True),
+    (np.array([0.5, 0.5]), np.array([0, 1]), True),  # constant: no warning
+    (np.array([0.2, 0.9]), np.array([0, 2]), False),
+    (np.array([0.2, 0.9]), np.array([-1, 1]), False),
+    (np.array([0.2, 0.9]), np.array([-1, 1], np.int8), False),
+    (np.array([0.2, 0.9]), np.array([0, 1], np.uint8), False),
+    (np.array([0.2, 0.9]), np.array([True, False]), False),
+    (np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([1, 0]), False),
+    (np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([1, 0]), True),  # warns
+    (np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([1, 2]), False),
+    (np.array([[0.2, 0.8 + 0.9 * ROW_ATOL], [0.6, 0.4]]), np.array([1, 0]), False),
+    (np.array([[0.2, 0.8 + 0.9 * ROW_ATOL], [0.6, 0.4]]), np.array([1, 0]), True),  # warns
+    (np.array([[0.2, 0.8 + 1.1 * ROW_ATOL], [0.6, 0.4]]), np.array([1, 0]), False),
+    (np.array([[0.2, 0.8 + 1.1 * ROW_ATOL], [0.6, 0.4]]), np.array([1, 0]), True),
+    (np.array([[0.2, 0.8 + 3 * ROW_ATOL], [0.6, 0.4]]), np.array([1, 0]), True),
+    (np.array([[0.2, 0.9], [-0.1, 0.4]]), np.array([1, 0]), True),
+    (np.array([[0.2, 0.9], [-0.1, 0.4]]), np.array([1, 0]), False),
+    (np.array([[0.2, 0.8], [np.nan, 0.4]]), np.array([1, 0]), False),
+    (np.full((3, 1500), 1 / 1500), np.array([0, 1, 1499]), False),  # K * eps too big: device
+    (np.full((3, 1500), 1 / 1500), np.array([0, 1, 1500]), False),
+]
+
+
+class TestHostValueChecks:
+    """CPU inputs are checked in numpy; every outcome must equal the exact device pass."""
+
+    @pytest.mark.parametrize("xla_row_sums", [False, True])
+    @pytest.mark.parametrize("float64", [False, True])
+    @pytest.mark.parametrize(("scores", "labels", "from_logits"), CHECK_CASES)
+    def test_host_checks_equal_device_checks(
+        self, monkeypatch, scores, labels, from_logits, float64, xla_row_sums
+    ):
+        if xla_row_sums:
+            monkeypatch.setattr(_checks, "HOST_MATVEC_ENTRIES", 0)
+        with jax.enable_x64(float64):
+            scores = jnp.asarray(scores, jnp.float64 if float64 else jnp.float32)
+            host = check_outcome(scores, labels, from_logits)
+            monkeypatch.setattr(_checks, "_on_one_cpu", lambda x: False)
+            device = check_outcome(scores, labels, from_logits)
+        assert host == device
+
+    def test_large_clean_inputs_pass_on_the_host(self, monkeypatch):
+        rng = np.random.default_rng(0)
+        z = rng.normal(size=(20_000, 10)).astype(np.float32)
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        y = rng.integers(0, 10, 20_000)
+
+        def no_device_pass(*args):
+            raise AssertionError("clean CPU inputs should not need the device pass")
+
+        monkeypatch.setattr(_checks, "_value_summary", no_device_pass)
+        for scores, from_logits in ((z, True), (p, False), (p[:, 0], False), (z[:, 0], True)):
+            labels = y if scores.ndim == 2 else y % 2
+            _checks.check_scores_labels(
+                jnp.asarray(scores), jnp.asarray(labels), from_logits=from_logits
+            )
+
+    def test_bits_of_probabilities(self):
+        for dtype in (np.float32, np.float64):
+            ok = np.array([0.0, 1e-40, 0.5, 1.0], dtype)
+            assert _checks._all_probabilities(ok)
+            for bad in (-0.0, -1e-40, np.nextafter(dtype(1), dtype(2)), np.inf, np.nan):
+                assert not _checks._all_probabilities(np.append(ok, dtype(bad)))
+
+
+class TestL1Path:
+    """`ece` with norm="l1" sums residuals per bin: the ReliabilityBins value, less rounding."""
+
+    @pytest.mark.parametrize("binary", ["positive", "top_label"])
+    @pytest.mark.parametrize("closed", ["left", "right"])
+    @pytest.mark.parametrize("binning", ["uniform", "quantile"])
+    @pytest.mark.parametrize("num_bins", [1, 15, 1000])
+    def test_equals_calibration_error_of_bins(self, binary, closed, binning, num_bins):
+        rng = np.random.default_rng(num_bins)
+        z = rng.normal(0, 2, 9000).astype(np.float32)
+        y = (rng.random(9000) < 1 / (1 + np.exp(-z / 1.5))).astype(np.int32)
+        kw = dict(num_bins=num_bins, binary=binary, closed=closed, binning=binning)
+        got = float(ece(z, y, **kw))
+        # The bins route divides two float32 sums of ~4,500 values each: ~8e-7 off at 1 bin.
+        assert got == pytest.approx(
+            float(calibration_error(reliability_bins(z, y, **kw))), abs=1e-6
+        )
+        if binning == "uniform":
+            conf, target = reference_conf_target(sigmoid64(z.astype(np.float64)), y, binary)
+            assert got == pytest.approx(reference_ece(conf, target, num_bins, closed), abs=1e-7)
+
+    def test_multiclass_and_float64(self):
+        rng = np.random.default_rng(3)
+        z = rng.normal(0, 2, (5000, 7))
+        y = rng.integers(0, 7, 5000)
+        with jax.enable_x64(True):
+            got = ece(jnp.asarray(z), y, num_bins=12)
+            assert got.dtype == jnp.float64
+            expected = calibration_error(reliability_bins(jnp.asarray(z), y, num_bins=12))
+        conf, target = reference_conf_target(softmax64(z), y, "top_label")
+        assert float(got) == pytest.approx(float(expected), abs=1e-12)
+        assert float(got) == pytest.approx(reference_ece(conf, target, 12, "left"), abs=1e-12)
