@@ -325,5 +325,6 @@ def fit_temperature(
             f"bounds must be (lowest, highest) with 0 < lowest < highest, got {bounds}"
         )
     logits, labels = _checks.check_scores_labels(logits, labels, from_logits=True, name="logits")
-    lo, hi = (jnp.asarray(b, logits.dtype) for b in bounds)
-    return _fit_temperature(logits, labels, max_iter, jnp.asarray(tol, logits.dtype), lo, hi)
+    # numpy scalars: jit moves them to the device itself, far cheaper than jnp.asarray.
+    tol, lo, hi = (np.asarray(x, logits.dtype) for x in (tol, *bounds))
+    return _fit_temperature(logits, labels, max_iter, tol, lo, hi)
