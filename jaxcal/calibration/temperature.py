@@ -291,7 +291,8 @@ def fit_temperature(
     """Fits the temperature T minimising the NLL of `logits / T` (Guo et al. 2017).
 
     Optimises log T (so T stays positive) with `optax.lbfgs` and a zoom line search inside one
-    jitted `lax.while_loop`: a few iterations and no host syncs. Binary [N] logits use the
+    jitted `lax.while_loop`, then up to two Newton steps: a few iterations, each one fused pass
+    over the logits for the NLL and its derivatives, and no host syncs. Binary [N] logits use the
     sigmoid BCE, [N, K] logits the softmax cross-entropy. When the NLL keeps decreasing towards
     T -> 0 (separable data) or T -> infinity (labels the logits do not predict, e.g. a single
     class), T is set to the corresponding bound and `converged` is False; it is never NaN.
@@ -301,8 +302,9 @@ def fit_temperature(
       labels: [N] int labels.
       max_iter: maximum L-BFGS iterations (>= 1).
       tol: relative accuracy of T (> 0): L-BFGS hands over to up to two Newton steps once
-        its step in log T is below sqrt(tol); `converged` requires the Newton step |f' / f''| in log T to be <= tol. Scale-aware:
-        it does not depend on the size of the NLL, the logits or N.
+        its step in log T is below sqrt(tol); `converged` requires the Newton step
+        |f' / f''| in log T to be <= tol. Scale-aware: it does not depend on the size of the
+        NLL, the logits or N.
       bounds: (lowest, highest) temperature, 0 < lowest < highest < inf; default (1e-2, 1e2).
 
     Returns:
