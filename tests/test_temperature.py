@@ -1,6 +1,7 @@
 """Tests for jaxcal.calibration.temperature: scipy parity, bounds, convergence and input checks."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,6 +15,8 @@ from jaxcal.calibration import (
     apply_temperature,
     fit_temperature,
 )
+from jaxcal.calibration.metrics import _nll
+from jaxcal.calibration.temperature import _label_gaps, _nll_change
 
 LOG_BOUNDS = (np.log(MIN_TEMPERATURE), np.log(MAX_TEMPERATURE))
 
@@ -245,6 +248,56 @@ class TestConvergence:
             error = abs(float(fit.temperature) / scipy_temperature(logits, labels) - 1.0)
             assert int(fit.num_iter) <= max_iter
             assert bool(fit.converged) == (error <= 1e-4)
+
+
+class TestObjective:
+    @pytest.mark.parametrize("classes", [0, 4])
+    def test_fused_derivatives_match_autodiff(self, classes):
+        # The one-pass f, f', f'' of the NLL change in log T against jax autodiff of the plain
+        # mean NLL, in float64, inside and (quadratic continuation) outside the bounds.
+        rng = np.random.default_rng(5)
+        shape = (400,) if classes == 0 else (400, classes)
+        with jax.enable_x64(True):
+            logits = jnp.asarray(3.0 * rng.normal(size=shape))
+            labels = jnp.asarray(rng.integers(0, max(classes, 2), 400))
+            lo, hi = np.log(0.5), np.log(4.0)
+            derivatives, _ = _nll_change(_label_gaps(logits, labels), lo, hi)
+
+            def change(log_t):
+                inside = jnp.clip(log_t, lo, hi)
+                scaled = _nll(logits * jnp.exp(-inside), labels, True)
+                return scaled - _nll(logits, labels, True) + 0.5 * (log_t - inside) ** 2
+
+            for log_t in (-0.3, 0.0, 0.7, 1.9):
+                result = derivatives(jnp.asarray(log_t))
+                assert result.value.dtype == jnp.float64
+                np.testing.assert_allclose(result.value, change(log_t), rtol=1e-10, atol=1e-13)
+                np.testing.assert_allclose(result.slope, jax.grad(change)(log_t), rtol=1e-9)
+                np.testing.assert_allclose(
+                    result.curvature, jax.grad(jax.grad(change))(log_t), rtol=1e-8
+                )
+
+    def test_float64_logits_fit_in_float64(self, binary_data):
+        logits, labels = binary_data
+        with jax.enable_x64(True):
+            fit = fit_temperature(logits.astype(np.float64), labels)
+            assert fit.temperature.dtype == jnp.float64
+        assert float(fit.temperature) == pytest.approx(scipy_temperature(logits, labels), rel=1e-6)
+        assert bool(fit.converged)
+
+    def test_tight_tol_hands_over_to_newton_early(self):
+        # tol = 1e-6 (the calibrators' default) lies below float32 steps in log T. Stopping
+        # L-BFGS at steps below tol / 10 ran these problems to max_iter = 100, and a vmapped
+        # batch with them; L-BFGS must stop after a few iterations and still converge.
+        for seed in (2, 7, 18):
+            rng = np.random.default_rng(seed)
+            truth = rng.normal(0.0, 1.5, 1000)
+            labels = (rng.random(1000) < 1.0 / (1.0 + np.exp(-truth))).astype(np.int32)
+            logits = (3.0 * truth + 0.5).astype(np.float32)
+            fit = fit_temperature(logits, labels, tol=1e-6)
+            assert int(fit.num_iter) <= 15 and bool(fit.converged)
+            expected = scipy_temperature(logits, labels)
+            assert float(fit.temperature) == pytest.approx(expected, rel=1e-5)
 
 
 class TestApplyTemperature:

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 
 from jaxcal.calibration import _checks
-from jaxcal.calibration.metrics import _log_likelihood, _nll
+from jaxcal.calibration.metrics import _nll
 from jaxcal.calibration.sweep import TemperatureSweep, temperature_sweep
 
 # The sweep lives in sweep.py; it is re-exported here, where it was first defined.
@@ -92,13 +92,110 @@ def apply_temperature(logits: jax.typing.ArrayLike, temperature: jax.typing.Arra
 
 
 def _label_gaps(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """[N, K] logit of each class minus the logit of the label (binary as logits [0, z])."""
+    """Logit of each class minus the logit of the label: [N, K], or [N] for binary logits z
+    (the other class's gap: -z for label 1, z for label 0; the label's own gap is 0)."""
     if logits.ndim == 1:
-        logits = jnp.stack([jnp.zeros_like(logits), logits], axis=-1)
+        return jnp.where(labels == 1, -logits, logits)
     return logits - jnp.take_along_axis(logits, labels[:, None], axis=-1)
 
 
-def _newton_polish(objective, log_t, count, max_iter, log_lo, log_hi, steps: int = 2):
+def _optimum_at_bound(gaps: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(NLL constant in T, optimum at T -> 0, optimum at T -> infinity), from one reduction.
+
+    With a = 1/T the NLL f(a) = mean_i logsumexp_k(a * gap_ik) is convex, so the optimum over
+    T > 0 lies at T -> 0 iff every label has the (weakly) largest logit with some strict gap,
+    and at T -> infinity iff f'(0), the sign of sum_ik gap_ik, is >= 0. Otherwise it is
+    interior. A sum of terms of one sign is 0 only when every term is.
+    """
+    flat = gaps.reshape(-1)
+    above, below, total = jnp.sum(
+        jnp.stack([jnp.maximum(flat, 0.0), jnp.minimum(flat, 0.0), flat]), axis=-1
+    )
+    constant = (above == 0) & (below == 0)
+    return constant, (above == 0) & (below < 0), (total >= 0) & ~constant
+
+
+class _Derivatives(NamedTuple):
+    """f(log T), f' and f'' of the objective (scalars)."""
+
+    value: jax.Array
+    slope: jax.Array
+    curvature: jax.Array
+
+
+def _binary_terms(gaps: jax.Array, scale: jax.Array):
+    """Per-sample BCE, its d/d log T and d2/d log T2 at u = gaps * scale, in one pass.
+
+    The BCE is softplus(u), and with u = gap exp(-log T) its derivatives in log T are
+    -u sigmoid(u) and u sigmoid(u) (1 + u sigmoid(-u)): one exp, one log1p and one division
+    per sample give all three.
+    """
+    u = gaps * scale
+    e = jnp.exp(-jnp.abs(u))
+    r = 1.0 / (1.0 + e)
+    right = jnp.where(u >= 0, r, e * r)  # sigmoid(u)
+    wrong = jnp.where(u >= 0, e * r, r)  # sigmoid(-u)
+    slope = u * right
+    return jnp.maximum(u, 0.0) + jnp.log1p(e), -slope, slope * (1.0 + u * wrong)
+
+
+def _multiclass_terms(gaps: jax.Array, scale: jax.Array):
+    """Per-sample cross-entropy, its d/d log T and d2/d log T2 at u = gaps * scale.
+
+    The cross-entropy is logsumexp(u) (u = 0 at the label), and with u = gaps exp(-log T)
+    and p = softmax(u) its derivatives in log T are -E_p[u] and Var_p[u] + E_p[u].
+    """
+    u = gaps * scale
+    top = jnp.max(u, axis=-1, keepdims=True)
+    weights = jnp.exp(u - top)
+    total = jnp.sum(weights, axis=-1)
+    mean = jnp.sum(weights * u, axis=-1) / total
+    second = jnp.sum(weights * u * u, axis=-1) / total
+    return top[:, 0] + jnp.log(total), -mean, second - mean * mean + mean
+
+
+def _nll_change(gaps: jax.Array, log_lo: jax.Array, log_hi: jax.Array):
+    """(log T -> _Derivatives of mean NLL(logits / T) - mean NLL(logits), [N] NLL(logits)).
+
+    The change is summed from per-sample differences: its float32 rounding noise is ~1e-9
+    instead of ~1e-6 for the NLL itself, which the line search needs when logits are tiny
+    and the NLL barely moves with T. Outside [log_lo, log_hi] the loss is held at the bound
+    plus a quadratic, which keeps the objective increasing there, so the line search never
+    mistakes a flat, clipped plateau for a minimum.
+    """
+    terms = _binary_terms if gaps.ndim == 1 else _multiclass_terms
+    unscaled = terms(gaps, jnp.ones((), gaps.dtype))[0]
+
+    def derivatives(log_t):
+        inside = jnp.clip(log_t, log_lo, log_hi)
+        loss, slope, curvature = terms(gaps, jnp.exp(-inside))
+        outside = log_t - inside
+        within = (outside == 0).astype(log_t.dtype)
+        return _Derivatives(
+            jnp.mean(loss - unscaled) + 0.5 * outside**2,
+            jnp.mean(slope) * within + outside,
+            jnp.mean(curvature) * within + (1.0 - within),
+        )
+
+    return derivatives, unscaled
+
+
+def _differentiable(derivatives):
+    """The objective's value as a function whose jvp reuses its own pass (for optax)."""
+
+    @jax.custom_jvp
+    def value(log_t):
+        return derivatives(log_t).value
+
+    @value.defjvp
+    def _(primals, tangents):
+        result = derivatives(primals[0])
+        return result.value, result.slope * tangents[0]
+
+    return value
+
+
+def _newton_polish(derivatives, log_t, count, max_iter, log_lo, log_hi, steps: int = 2):
     """Up to `steps` Newton steps in log T after L-BFGS, within the iteration budget.
 
     Near the optimum a float32 objective is flatter than its rounding noise, so line searches
@@ -108,15 +205,11 @@ def _newton_polish(objective, log_t, count, max_iter, log_lo, log_hi, steps: int
       (log T, iterations used so far, Newton step |f' / f''| at log T: the scale-aware
       estimate of the distance to the optimum in log T, NaN where f'' <= 0).
     """
-
-    def derivatives(x):
-        return jax.jvp(jax.grad(objective), (x,), (jnp.ones_like(x),))
-
-    grad, curvature = derivatives(log_t)
+    _, grad, curvature = derivatives(log_t)
     for _ in range(steps):
         usable = (curvature > 0) & (count < max_iter)
         proposal = jnp.clip(log_t - grad / jnp.where(usable, curvature, 1.0), log_lo, log_hi)
-        new_grad, new_curvature = derivatives(proposal)
+        _, new_grad, new_curvature = derivatives(proposal)
         keep = usable & (jnp.abs(new_grad) < jnp.abs(grad))
         log_t = jnp.where(keep, proposal, log_t)
         grad = jnp.where(keep, new_grad, grad)
@@ -125,37 +218,25 @@ def _newton_polish(objective, log_t, count, max_iter, log_lo, log_hi, steps: int
     return log_t, count, jnp.abs(grad) / jnp.where(curvature > 0, curvature, jnp.nan)
 
 
+# One-dimensional L-BFGS is the secant method: the newest (step, gradient change) pair fixes the
+# inverse curvature completely, so older pairs add nothing but work.
+_SOLVER = optax.lbfgs(memory_size=1)
+
+
 @jax.jit
 def _fit_temperature(logits, labels, max_iter, tol, lowest, highest):
-    # With a = 1/T the NLL f(a) = mean_i logsumexp_k(a * gap_ik) is convex, so the optimum over
-    # T > 0 lies at T -> 0 iff every label has the (weakly) largest logit with some strict
-    # gap, and at T -> infinity iff f'(0) = mean_ik gap_ik >= 0. Otherwise it is interior.
     gaps = _label_gaps(logits, labels)
-    constant = jnp.all(gaps == 0)
-    to_zero = jnp.all(gaps <= 0) & jnp.any(gaps < 0)
-    to_infinity = (jnp.mean(gaps) >= 0) & ~constant
+    constant, to_zero, to_infinity = _optimum_at_bound(gaps)
     decided = constant | to_zero | to_infinity
     log_lo, log_hi = jnp.log(lowest), jnp.log(highest)
-
-    # The objective is the NLL change relative to T = 1, summed from per-sample differences:
-    # its float32 rounding noise is ~1e-9 instead of ~1e-6 for the NLL itself, which the line
-    # search needs when logits are tiny and the NLL barely moves with T.
-    log_lik_unscaled = _log_likelihood(logits, labels, True)
-
-    def nll_change(log_t):
-        inside = jnp.clip(log_t, log_lo, log_hi)
-        log_lik = _log_likelihood(logits * jnp.exp(-inside), labels, True)
-        # The quadratic outside the bounds keeps the objective increasing there, so the line
-        # search never mistakes a flat, clipped plateau for a minimum.
-        return jnp.mean(log_lik_unscaled - log_lik) + 0.5 * (log_t - inside) ** 2
-
-    solver = optax.lbfgs()
+    derivatives, unscaled = _nll_change(gaps, log_lo, log_hi)
+    nll_change = _differentiable(derivatives)
     value_and_grad = optax.value_and_grad_from_state(nll_change)
 
     def step(carry):
         log_t, state, _ = carry
         value, grad = value_and_grad(log_t, state=state)
-        updates, state = solver.update(
+        updates, state = _SOLVER.update(
             grad, state, log_t, value=value, grad=grad, value_fn=nll_change
         )
         return optax.apply_updates(log_t, updates), state, log_t
@@ -164,20 +245,23 @@ def _fit_temperature(logits, labels, max_iter, tol, lowest, highest):
         log_t, state, previous = carry
         count = optax.tree.get(state, "count")
         grad = optax.tree.get(state, "grad")
-        # L-BFGS steps near the optimum are secant (Newton) steps: a step below tol / 10 in
-        # log T (relative in T) means the fit is there to float32 precision.
-        moving = (count == 0) | (jnp.abs(log_t - previous) > 0.1 * tol)
+        # Near the optimum L-BFGS steps are secant steps, converging superlinearly: once one
+        # is below sqrt(tol) in log T, the Newton polish reaches tol in a step or two.
+        moving = (count == 0) | (jnp.abs(log_t - previous) > jnp.sqrt(tol))
         improvable = (count == 0) | ((count < max_iter) & (grad != 0))
         return ~decided & moving & improvable
 
     start = jnp.clip(jnp.zeros((), logits.dtype), log_lo, log_hi)
-    log_t, state, _ = jax.lax.while_loop(keep_going, step, (start, solver.init(start), start + 1.0))
+    at_start = derivatives(start)
+    # The first iteration reuses the value and slope at the start from the state.
+    state = optax.tree.set(_SOLVER.init(start), value=at_start.value, grad=at_start.slope)
+    log_t, state, _ = jax.lax.while_loop(keep_going, step, (start, state, start + 1.0))
     # L-BFGS only accepts descent steps; the guard makes "never worse than the start" explicit.
-    worse = nll_change(log_t) > nll_change(start)
+    worse = optax.tree.get(state, "value") > at_start.value
     log_t = jnp.where(worse, start, log_t)
     count = jnp.where(decided, 0, optax.tree.get(state, "count"))
     log_t, count, newton_step = _newton_polish(
-        nll_change, log_t, count, jnp.where(decided, 0, max_iter), log_lo, log_hi
+        derivatives, log_t, count, jnp.where(decided, 0, max_iter), log_lo, log_hi
     )
     interior = (log_t > log_lo) & (log_t < log_hi)
     log_t = jnp.where(
@@ -191,7 +275,7 @@ def _fit_temperature(logits, labels, max_iter, tol, lowest, highest):
         temperature=temperature,
         converged=converged,
         num_iter=count.astype(jnp.int32),
-        nll_before=_nll(logits, labels, True),
+        nll_before=jnp.mean(unscaled),
         nll_after=_nll(logits / temperature, labels, True),
     )
 
@@ -207,7 +291,8 @@ def fit_temperature(
     """Fits the temperature T minimising the NLL of `logits / T` (Guo et al. 2017).
 
     Optimises log T (so T stays positive) with `optax.lbfgs` and a zoom line search inside one
-    jitted `lax.while_loop`: a few iterations and no host syncs. Binary [N] logits use the
+    jitted `lax.while_loop`, then up to two Newton steps: a few iterations, each one fused pass
+    over the logits for the NLL and its derivatives, and no host syncs. Binary [N] logits use the
     sigmoid BCE, [N, K] logits the softmax cross-entropy. When the NLL keeps decreasing towards
     T -> 0 (separable data) or T -> infinity (labels the logits do not predict, e.g. a single
     class), T is set to the corresponding bound and `converged` is False; it is never NaN.
@@ -216,9 +301,10 @@ def fit_temperature(
       logits: [N] binary logits or [N, K] multiclass logits (fit on a held-out set).
       labels: [N] int labels.
       max_iter: maximum L-BFGS iterations (>= 1).
-      tol: relative accuracy of T (> 0): L-BFGS stops when its step in log T is below tol / 10;
-        `converged` requires the Newton step |f' / f''| in log T to be <= tol. Scale-aware:
-        it does not depend on the size of the NLL, the logits or N.
+      tol: relative accuracy of T (> 0): L-BFGS hands over to up to two Newton steps once
+        its step in log T is below sqrt(tol); `converged` requires the Newton step
+        |f' / f''| in log T to be <= tol. Scale-aware: it does not depend on the size of the
+        NLL, the logits or N.
       bounds: (lowest, highest) temperature, 0 < lowest < highest < inf; default (1e-2, 1e2).
 
     Returns:
@@ -241,5 +327,6 @@ def fit_temperature(
             f"bounds must be (lowest, highest) with 0 < lowest < highest, got {bounds}"
         )
     logits, labels = _checks.check_scores_labels(logits, labels, from_logits=True, name="logits")
-    lo, hi = (jnp.asarray(b, logits.dtype) for b in bounds)
-    return _fit_temperature(logits, labels, max_iter, jnp.asarray(tol, logits.dtype), lo, hi)
+    # numpy scalars: jit moves them to the device itself, far cheaper than jnp.asarray.
+    tol, lo, hi = (np.asarray(x, logits.dtype) for x in (tol, *bounds))
+    return _fit_temperature(logits, labels, max_iter, tol, lo, hi)
