@@ -157,6 +157,9 @@ def test_torch_missing_is_reported_not_fatal(monkeypatch):
     assert sweep["reference"].startswith("numpy")  # needs no torch
     assert sweep["max_abs_ece_difference"] <= ECE_ATOL
     assert sweep["floor_nll_max_relative_difference"] <= 1e-6  # the floor computes the NLL
+    assert sweep["over_floor_back_to_back"] == pytest.approx(
+        sweep["jaxcal_back_to_back_ms"] / sweep["floor_back_to_back_ms"], rel=1e-2
+    )
     assert sweep["speedup"] == pytest.approx(sweep["reference_ms"] / sweep["jaxcal_ms"], rel=1e-2)
     for row in rows[2:]:
         assert row["reference"] is None and row["reference_ms"] is None and row["speedup"] is None
