@@ -210,18 +210,19 @@ def bench_smooth_ece(cfg: PeersConfig, log: Callable[[str], None]) -> list[dict[
 
 
 RSS_SCRIPT = """
-import resource, sys
+import sys
 import numpy as np
 import jax, jax.numpy as jnp
+from benchmarks.timing import peak_rss_mib
 from jaxcal.calibration import ece
 n, bins = int(sys.argv[1]), int(sys.argv[2])
 rng = np.random.default_rng(0)
 z = jnp.asarray(rng.normal(0, 2, n).astype(np.float32))
 y = jnp.asarray((rng.random(n) < 0.5).astype(np.int32))
 jax.block_until_ready((z, y))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_rss_mib()
 ece(z, y, num_bins=bins).block_until_ready()
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(before, peak_rss_mib())
 """
 
 
@@ -231,19 +232,20 @@ def bench_peak_rss(cfg: PeersConfig, log: Callable[[str], None]) -> list[dict[st
     for bins in cfg.rss_bins:
         result = subprocess.run(
             [sys.executable, "-c", RSS_SCRIPT, str(cfg.rss_size), str(bins)],
+            cwd=pathlib.Path(__file__).resolve().parents[1],
             capture_output=True,
             text=True,
             check=True,
             timeout=600,
         )
-        before, after = (int(v) for v in result.stdout.split())
+        before, after = (float(v) for v in result.stdout.split())
         rows.append(
             {
                 "task": "ece_peak_rss",
                 "n": cfg.rss_size,
                 "num_bins": bins,
-                "peak_rss_mib": round(after / 1024, 1),
-                "added_by_ece_mib": round((after - before) / 1024, 1),
+                "peak_rss_mib": round(after, 1),
+                "added_by_ece_mib": round(after - before, 1),
             }
         )
         log(f"peak rss: {rows[-1]}")

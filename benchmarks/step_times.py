@@ -510,9 +510,10 @@ def log_sigmoid_floor(logits: jax.Array, labels: jax.Array, temperatures: jax.Ar
 
 
 PEAK_RSS_SCRIPT = """
-import resource, sys
+import sys
 import jax.numpy as jnp
 import numpy as np
+from benchmarks.timing import peak_rss_mib
 from jaxcal import calibration
 samples, temperatures, num_bins = (int(a) for a in sys.argv[1:])
 rng = np.random.default_rng(0)  # as overconfident_logits, without importing the benchmarks
@@ -520,9 +521,9 @@ z = rng.normal(0.0, 1.5, samples)
 labels = jnp.asarray((rng.random(samples) < 1.0 / (1.0 + np.exp(-z))).astype(np.int32))
 logits = jnp.asarray((3.0 * z).astype(np.float32))
 grid = jnp.asarray(jnp.geomspace(0.25, 8.0, temperatures), jnp.float32)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_rss_mib()
 calibration.temperature_sweep(logits, labels, grid, num_bins=num_bins).ece.block_until_ready()
-print(before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(before, peak_rss_mib())
 """
 
 
@@ -634,7 +635,7 @@ def bench_temperature_sweep(cfg: BenchConfig, torch_ref: ModuleType | None) -> l
                 | sweep_peak_rss_mb(cfg.big_sweep_samples, cfg.sweep_temperatures, bins)
                 for bins in (15, 1000)
             ],
-            peak_rss_note="ru_maxrss of a fresh process: before the sweep (imports and data), "
+            peak_rss_note="VmHWM of a fresh process: before the sweep (imports and data), "
             "and overall",
         )
     )
