@@ -347,8 +347,9 @@ def temperature_sweep(
       labels: [N] int labels.
       temperatures: [T] temperatures > 0 (e.g. `jnp.geomspace(0.25, 4.0, 1000)`).
       num_bins, binary, closed, norm, binning: as in `ece`.
-      batch_size: temperatures per vmapped chunk; default: as many as keep a chunk near
-        `SWEEP_CHUNK_ELEMENTS` (2^18) array elements, counting samples, classes and bins.
+      batch_size: temperatures per vmapped chunk; default: the fewest equal chunks that each
+        stay near `SWEEP_CHUNK_ELEMENTS` (2^20) array elements, counting samples, classes and
+        bins.
 
     Returns:
       TemperatureSweep with [T] metrics, `.bins` (leading [T] axis) and `.best_index`
