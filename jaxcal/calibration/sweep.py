@@ -28,6 +28,8 @@ SWEEP_CHUNK_ELEMENTS = 1 << 20
 # Samples x temperatures per fused pass over binary samples: passes that stay in a core's cache.
 # Measured on a 2-core CPU at 10,000 samples: 4-32 temperatures per pass run alike, 1 is 3x slower.
 PASS_CHUNK_ELEMENTS = 1 << 17
+# Factors 1 + u (u in [0, 1]) per product of `_sum_log1p`: at most 2^32, far from overflow.
+LOG1P_GROUP = 32
 
 
 class TemperatureSweep(NamedTuple):
@@ -76,8 +78,8 @@ class _SortedBinary(NamedTuple):
 
     Attributes:
       logits: [M] logits sorted by their key (the logit for binary="positive", |logit| for
-        "top_label"), padded with +inf to M = blocks x block > N (padding enters no bin, no
-        NLL and no Brier score).
+        "top_label"), padded with +inf to M = blocks x block > N, a multiple of LOG1P_GROUP
+        (padding enters no bin, no NLL and no Brier score).
       decay: [M] -|logits| (-inf for the padding): exp(decay / T) is the smaller odds.
       negative: [M] logits < 0.
       labels: [M] float labels (1 for the padding).
@@ -102,12 +104,18 @@ def _block_size(num_samples: int, num_bins: int) -> int:
     return int(2 ** np.clip(np.round(np.log2(max(num_samples / (num_bins + 1), 1)) / 2), 0, 10))
 
 
+def _padded_size(num_samples: int, block: int) -> int:
+    """M > N: whole blocks, and whole groups of `_sum_log1p` (both sizes are powers of two)."""
+    whole = max(block, LOG1P_GROUP)
+    return (num_samples // whole + 1) * whole
+
+
 def _sort_binary(logits, labels, order, binary: str, block: int) -> _SortedBinary:
     """Sorts the samples by `order` (argsort of their keys) and pads them to whole blocks."""
     n = logits.shape[0]
     logits, labels = logits[order], labels[order]
     target = labels if binary == "positive" else ((logits > 0) == (labels == 1))
-    pad = (n // block + 1) * block - n
+    pad = _padded_size(n, block) - n
 
     def prefix(x):
         return jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(x, dtype=jnp.int32)])
@@ -161,23 +169,45 @@ def _quantile_edges(keys, temperature, num_bins: int, num_samples: int):
     return edges.at[0].set(0.0).at[-1].set(1.0)
 
 
+def _product_minus_one(a, b):
+    """(1 + a)(1 + b) - 1 for a, b >= 0: no cancellation, so small products keep their digits."""
+    return a + b + a * b
+
+
+def _sum_log1p(u: jax.Array) -> jax.Array:
+    """sum(log1p(u)) of [M] u in [0, 1] (M a multiple of LOG1P_GROUP), one log1p per group.
+
+    log1p is the dearest operation of the pass; sum_i log1p(u_i) = sum_g log1p(x_g) with
+    x_g = prod_{i in g} (1 + u_i) - 1, accumulated as (1 + a)(1 + b) - 1 = a + b + ab (one
+    multiply and two adds per sample). Every term is non-negative, so x_g carries a relative
+    error of at most ~LOG1P_GROUP float eps, as a sum of as many terms does, and tiny u keep
+    their digits (a product of the rounded 1 + u_i would lose them). Group j holds samples
+    j, j + M/G, j + 2M/G, ...: strided, so that XLA:CPU vectorises the products across groups.
+    """
+    groups = u.reshape(LOG1P_GROUP, -1)
+    x = jax.lax.reduce(groups, np.zeros((), u.dtype), _product_minus_one, (0,))
+    return jnp.sum(jnp.log1p(x))
+
+
 def _binary_totals(data: _SortedBinary, temperature, *, binary: str, block: int):
-    """One pass over the samples at one temperature: one exp, one log1p per sample.
+    """One pass over the samples at one temperature: one exp per sample.
 
     u = exp(-|z| / T) is written once and read by three reductions that XLA:CPU fuses with
-    their element-wise producers: log1p(u) (the NLL is its sum plus the wrong-side part
-    |z| / T, linear in 1 / T), the confidences sigmoid(|z| / T) = 1 / (1 + u) (times u
-    for negative logits) summed per block, and the Brier terms. XLA:CPU's cost grows with
-    the operations per element more than with their kind (a division costs about what an exp
-    does), so every one saved counts: measured at 10,000 samples, this form is 1.3x faster
-    than selecting the NLL and Brier terms per sample from shared intermediates.
+    their element-wise producers: the sum of log1p(u) (`_sum_log1p`, one log1p per 32
+    samples; the NLL is that plus the wrong-side part |z| / T, linear in 1 / T), the
+    confidences sigmoid(|z| / T) = 1 / (1 + u) (times u for negative logits) summed per
+    block, and the Brier terms. XLA:CPU's cost grows with the operations per element more
+    than with their kind (a division costs about what an exp does), so every one saved counts:
+    measured at 10,000 samples, this form is 1.3x faster than selecting the NLL and Brier
+    terms per sample from shared intermediates, and a log1p per group instead of per sample
+    takes a further ~20 % off the pass.
 
     Returns:
       [blocks] confidence sum of each block, the NLL sum and the Brier sum (padding adds 0).
     """
     inverse = 1.0 / temperature
     u = jnp.exp(data.decay * inverse)
-    nll = jnp.sum(jnp.log1p(u)) + data.wrong_side * inverse
+    nll = _sum_log1p(u) + data.wrong_side * inverse
     above = 1.0 / (1.0 + u)  # sigmoid(|z / T|); sigmoid(-|x|) = u sigmoid(|x|)
     p_positive = jnp.where(data.negative, u * above, above)
     confidence = p_positive if binary == "positive" else above
@@ -287,7 +317,7 @@ def _elements_per_temperature(shape: tuple[int, ...], num_bins: int) -> int:
     n = shape[0]
     if len(shape) == 1:
         block = _block_size(n, num_bins)
-        num_blocks = n // block + 1
+        num_blocks = _padded_size(n, block) // block
         return (num_bins + 1) * (block + _group_size(num_blocks) + 8) + num_blocks
     return 4 * n * shape[1] + 8 * num_bins
 
