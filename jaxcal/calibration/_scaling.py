@@ -131,23 +131,55 @@ def fit_vector(logits, labels, max_iter, tol) -> ScalingFit:
     return _result(params, converged, logits, calibrated, labels)
 
 
+def least_penalised(params: AffineParams) -> AffineParams:
+    """The map with the same softmax as `params` and the smallest ODIR penalty.
+
+    softmax(W x + b) does not change under W -> W + 1 v^T, b -> b + c 1 (every class logit
+    of a sample moves by v . x + c). ODIR penalises the off-diagonal entries of W and b, so the
+    best shift subtracts from each column of W the mean of its off-diagonal entries, and from
+    b its mean.
+    """
+    k = params.bias.shape[-1]
+    off_diagonal = 1.0 - jnp.eye(k, dtype=params.weight.dtype)
+    column_means = jnp.sum(params.weight * off_diagonal, axis=0) / (k - 1)
+    return AffineParams(params.weight - column_means, params.bias - jnp.mean(params.bias))
+
+
 @partial(jax.jit, static_argnames=("max_iter", "features"))
 def fit_matrix(logits, labels, max_iter, tol, lam, mu, features) -> ScalingFit:
     """Matrix scaling of z or log softmax(z) ("dirichlet") with the ODIR penalty (lam, mu).
 
-    Without a penalty (lam = mu = 0) the separated-data check of the other methods applies.
+    Along the shifts of `least_penalised` the NLL is flat, and the penalty is the only
+    curvature (lam / (K (K - 1)) = 1e-5 for Dirichlet's default on 10 classes): L-BFGS then
+    took 650-1,140 iterations on 1,000 x 10 samples, beyond max_iter=500. So the fit minimises
+    the NLL plus the penalty of the best shift (flat along the shifts, which L-BFGS does not
+    move along), over centred features x - mean(x) (their bias b' = b + W mean(x) decouples W
+    from b), and returns the least-penalised map: 53-82 iterations there, to the same optimum
+    (the float64 objective agrees to 1e-9). Without a penalty (lam = mu = 0) the
+    separated-data check of the other methods applies.
     """
     k = logits.shape[1]
-    start = AffineParams(jnp.eye(k, dtype=logits.dtype), jnp.zeros(k, logits.dtype))
     transform = matrix_logits if features == "logits" else dirichlet_logits
+    x = logits if features == "logits" else jax.nn.log_softmax(logits, axis=-1)
+    centre = jnp.mean(x, axis=0)
+    centred = x - centre
+
+    def uncentred(params):
+        return AffineParams(params.weight, params.bias - params.weight @ centre)
+
+    def centred_logits(params, _):
+        return centred @ params.weight.T + params.bias
 
     def penalty(params):
-        return odir_penalty(params, lam, mu)
+        return odir_penalty(least_penalised(uncentred(params)), lam, mu)
 
-    params, converged, calibrated = _fit(transform, start, logits, labels, max_iter, tol, penalty)
+    start = AffineParams(jnp.eye(k, dtype=logits.dtype), centre)
+    params, converged, _ = _fit(centred_logits, start, logits, labels, max_iter, tol, penalty)
+    fitted = least_penalised(uncentred(params))
+    calibrated = transform(fitted, logits)
     unpenalised = (lam == 0) & (mu == 0)
     converged &= ~(unpenalised & _separated(calibrated, labels))
-    return _result(params, converged, logits, calibrated, labels)
+    return _result(fitted, converged, logits, calibrated, labels)
 
 
 # Beta "abm" (betacal's default): fit (a, b, c); if a < 0 refit with a = 0, else if b < 0

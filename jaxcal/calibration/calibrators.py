@@ -274,7 +274,9 @@ def fit_calibrator(
         fit points and clipped outside (scikit-learn's IsotonicRegression(out_of_bounds=
         "clip")); [N, K]: one-vs-rest on softmax(z), renormalised.
       - "ensemble_temperature" ([N, K]): w1 softmax(z / T) + w2 softmax(z) + w3 / K (Zhang et
-        al. 2020), T by NLL, then w on the simplex by NLL; max_iter=500, tol=1e-6.
+        al. 2020), T by NLL, then w on the simplex by NLL (damped Newton on each face of
+        the simplex, so weights can be exactly 0); max_iter=500 Newton steps per face,
+        tol=1e-6 on the optimality (KKT) gaps of w.
 
     Args:
       method: one of CALIBRATORS.
