@@ -488,11 +488,12 @@ def ece_numpy_loop(
 def log_sigmoid_floor(logits: jax.Array, labels: jax.Array, temperatures: jax.Array) -> jax.Array:
     """The sweep's floor: one fused pass of log sigmoid(±z / T) over every (T, sample) pair.
 
-    No exact sweep can do less: its NLL needs these values. The pass uses the cheapest
-    accurate form, the sweep's own: -log sigmoid(±x) = log1p(exp(-|x|)) + the wrong-side part
-    max(∓x, 0), whose sum is linear in 1 / T and computed once; per pair that leaves one
-    multiply, one exp and one log1p (`jax.nn.log_sigmoid` costs ~7x more on CPU). Same
-    chunks of temperatures as the sweep, each reduced to a mean.
+    The issue's floor, "no exact sweep can do less". The pass uses the cheapest accurate
+    per-pair form: -log sigmoid(±x) = log1p(exp(-|x|)) + the wrong-side part max(∓x, 0),
+    whose sum is linear in 1 / T and computed once; per pair that leaves one multiply, one exp
+    and one log1p (`jax.nn.log_sigmoid` costs ~7x more on CPU). Same chunks of temperatures as
+    the sweep, each reduced to a mean. The sweep itself now takes one log1p per 32 samples (of
+    the product of their 1 + exp(-|x|)), so its NLL costs less than this floor.
 
     Returns:
         [T] mean NLL of logits / T (equal to the sweep's `nll`).
