@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
 
 from jaxcal.calibration._lbfgs import minimise
 from jaxcal.calibration.metrics import _log_likelihood
@@ -145,37 +146,67 @@ def least_penalised(params: AffineParams) -> AffineParams:
     return AffineParams(params.weight - column_means, params.bias - jnp.mean(params.bias))
 
 
+# Ridge added to the feature covariance before whitening, relative to its mean eigenvalue:
+# any invertible whitening is exact; this one keeps degenerate features (K = 2 logits z, -z)
+# from being scaled up by more than ~30x.
+WHITENING_RIDGE = 1e-3
+
+
+class _Whitened(NamedTuple):
+    """Features x as (x - centre) L^-T, with L L^T their (ridged) covariance."""
+
+    features: jax.Array
+    centre: jax.Array
+    chol: jax.Array
+
+    def to_map(self, params: AffineParams) -> AffineParams:
+        """The map on x of parameters fitted on the whitened features: W = W' L^-1."""
+        k = self.chol.shape[0]
+        inverse = solve_triangular(self.chol, jnp.eye(k, dtype=self.chol.dtype), lower=True)
+        weight = params.weight @ inverse
+        return AffineParams(weight, params.bias - weight @ self.centre)
+
+
+def _whiten(x: jax.Array) -> _Whitened:
+    k = x.shape[1]
+    centre = jnp.mean(x, axis=0)
+    centred = x - centre
+    covariance = centred.T @ centred / x.shape[0]
+    ridge = WHITENING_RIDGE * jnp.trace(covariance) / k + jnp.finfo(x.dtype).tiny
+    chol = jnp.linalg.cholesky(covariance + ridge * jnp.eye(k, dtype=x.dtype))
+    features = solve_triangular(chol, centred.T, lower=True).T
+    return _Whitened(features, centre, chol)
+
+
 @partial(jax.jit, static_argnames=("max_iter", "features"))
 def fit_matrix(logits, labels, max_iter, tol, lam, mu, features) -> ScalingFit:
     """Matrix scaling of z or log softmax(z) ("dirichlet") with the ODIR penalty (lam, mu).
 
-    Along the shifts of `least_penalised` the NLL is flat, and the penalty is the only
-    curvature (lam / (K (K - 1)) = 1e-5 for Dirichlet's default on 10 classes): L-BFGS then
-    took 650-1,140 iterations on 1,000 x 10 samples, beyond max_iter=500. So the fit minimises
-    the NLL plus the penalty of the best shift (flat along the shifts, which L-BFGS does not
-    move along), over centred features x - mean(x) (their bias b' = b + W mean(x) decouples W
-    from b), and returns the least-penalised map: 53-82 iterations there, to the same optimum
-    (the float64 objective agrees to 1e-9). Without a penalty (lam = mu = 0) the
-    separated-data check of the other methods applies.
+    Plain L-BFGS on W, b is ill-conditioned twice over: the features are correlated and
+    off-centre (log softmax(z) of a confident model reaches -35), and along the shifts of
+    `least_penalised` the NLL is flat, curved only by the penalty (lam / (K (K - 1)) = 1e-5
+    for Dirichlet's default on 10 classes). So the fit runs on whitened features
+    (`_whiten`: centred, decorrelated; an exact reparametrisation) and minimises the NLL plus
+    the penalty of the best shift (flat along the shifts, which L-BFGS does not move along),
+    then returns the least-penalised map. Iterations to tol=1e-6, matrix / Dirichlet: on
+    MNIST validation logits 803 / 1,766 before (max_iter=500 ran out), 138 / 204 now; on
+    1,000 x 10 simulated ones 650-1,140 before, 23-32 now; same optima (float64 objectives
+    equal to 1e-9). Without a penalty (lam = mu = 0) the separated-data check of the other
+    methods applies.
     """
-    k = logits.shape[1]
     transform = matrix_logits if features == "logits" else dirichlet_logits
-    x = logits if features == "logits" else jax.nn.log_softmax(logits, axis=-1)
-    centre = jnp.mean(x, axis=0)
-    centred = x - centre
+    whitened = _whiten(logits if features == "logits" else jax.nn.log_softmax(logits, axis=-1))
 
-    def uncentred(params):
-        return AffineParams(params.weight, params.bias - params.weight @ centre)
-
-    def centred_logits(params, _):
-        return centred @ params.weight.T + params.bias
+    def whitened_logits(params, _):
+        return whitened.features @ params.weight.T + params.bias
 
     def penalty(params):
-        return odir_penalty(least_penalised(uncentred(params)), lam, mu)
+        return odir_penalty(least_penalised(whitened.to_map(params)), lam, mu)
 
-    start = AffineParams(jnp.eye(k, dtype=logits.dtype), centre)
-    params, converged, _ = _fit(centred_logits, start, logits, labels, max_iter, tol, penalty)
-    fitted = least_penalised(uncentred(params))
+    # The identity map W = I, b = 0.
+    start = AffineParams(whitened.chol, whitened.centre)
+    params, converged, _ = _fit(whitened_logits, start, logits, labels, max_iter, tol, penalty)
+    fitted = least_penalised(whitened.to_map(params))
     calibrated = transform(fitted, logits)
     unpenalised = (lam == 0) & (mu == 0)
     converged &= ~(unpenalised & _separated(calibrated, labels))
