@@ -199,11 +199,17 @@ def ensemble_temperature(logits: np.ndarray, labels: np.ndarray) -> Predictor:
     def components(x):
         return np.stack([scaled(x), softmax(x, axis=1), np.full(x.shape, 1.0 / k)], axis=-1)
 
-    label_probs = components(z)[np.arange(len(z)), labels]
+    w, _ = mixture_weights(components(z)[np.arange(len(z)), labels])
+    return lambda x: components(np.asarray(x, np.float64)) @ w
+
+
+def mixture_weights(label_probs: np.ndarray) -> tuple[np.ndarray, float]:
+    """SLSQP's float64 minimum of -mean log(p_i . w) over the simplex: (w, the minimum)."""
+    p = np.asarray(label_probs, np.float64)
 
     def objective(w):
-        mix = label_probs @ w
-        return -np.mean(np.log(mix)), -np.mean(label_probs / mix[:, None], axis=0)
+        mix = p @ w
+        return -np.mean(np.log(mix)), -np.mean(p / mix[:, None], axis=0)
 
     result = minimize(
         objective,
@@ -214,5 +220,4 @@ def ensemble_temperature(logits: np.ndarray, labels: np.ndarray) -> Predictor:
         constraints={"type": "eq", "fun": lambda w: w.sum() - 1.0},
         options={"ftol": 1e-15, "maxiter": 1000},
     )
-    w = result.x
-    return lambda x: components(np.asarray(x, np.float64)) @ w
+    return result.x, float(result.fun)

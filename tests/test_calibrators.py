@@ -364,23 +364,6 @@ def test_least_penalised_keeps_the_softmax_and_lowers_the_penalty():
         assert float(_scaling.odir_penalty(moved, 1.0, 1.0)) > float(penalty)
 
 
-def _simplex_reference(label_probs):
-    """float64 SLSQP optimum of -mean log(p . w) on the simplex."""
-    from scipy.optimize import minimize
-
-    p = np.asarray(label_probs, np.float64)
-    result = minimize(
-        lambda w: (-np.mean(np.log(p @ w)), -np.mean(p / (p @ w)[:, None], axis=0)),
-        np.full(3, 1 / 3),
-        jac=True,
-        method="SLSQP",
-        bounds=[(0.0, 1.0)] * 3,
-        constraints={"type": "eq", "fun": lambda w: w.sum() - 1.0},
-        options={"ftol": 1e-15, "maxiter": 1000},
-    )
-    return result.x, result.fun
-
-
 @pytest.mark.parametrize("case", ["interior", "edge", "vertex", "duplicate"])
 def test_simplex_weights_match_slsqp_on_every_kind_of_optimum(case):
     from jaxcal.calibration._ensemble import simplex_weights
@@ -396,7 +379,7 @@ def test_simplex_weights_match_slsqp_on_every_kind_of_optimum(case):
     }[case]
     label_probs = np.stack(columns, axis=1).astype(np.float32)
     weights, converged = simplex_weights(jnp.asarray(label_probs), 1e-6, 500)
-    expected, best = _simplex_reference(label_probs)
+    expected, best = ref.mixture_weights(label_probs)
     assert bool(converged)
     assert float(jnp.sum(weights)) == pytest.approx(1.0, abs=1e-6)
     assert bool(jnp.all(weights >= 0))
