@@ -20,7 +20,7 @@ from jaxcal.calibration.metrics import (
     _confidence_and_target,
     _edges,
     _nll,
-    search_bins,
+    _search_bins,
 )
 
 # Array elements per chunk of temperatures whose bins are computed together (amortises the
@@ -299,13 +299,13 @@ def _multiclass_at(logits, labels, temperature, *, num_bins, binary, closed, bin
     """Per-bin sums, NLL and Brier score of one temperature, binned sample by sample.
 
     The fallback for [N, K] logits (their top-label order changes with T): the bin of each
-    sample by `search_bins` (O(N) memory, never N x B), sums by `segment_sum`.
+    sample by `_search_bins` (O(N) memory, never N x B), sums by `segment_sum`.
     """
     scaled = logits / temperature
     confidence, target = _confidence_and_target(scaled, labels, from_logits=True, binary=binary)
     edges = _edges(confidence, num_bins, binning)
     side = "right" if closed == "left" else "left"
-    index = search_bins(edges[1:-1], confidence, side)
+    index = _search_bins(edges[1:-1], confidence, side)
     counts = jax.ops.segment_sum(jnp.ones(index.shape, jnp.int32), index, num_bins)
     confidence_sum = jax.ops.segment_sum(confidence, index, num_bins)
     target_sum = jax.ops.segment_sum(target, index, num_bins)
