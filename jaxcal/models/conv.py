@@ -352,30 +352,30 @@ def _first_max(windows: jax.Array, axes: tuple[int, int]) -> jax.Array:
     return windows.max(axis=axes)
 
 
-def _first_max_forward(
-    windows: jax.Array, axes: tuple[int, int]
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    y = windows.max(axis=axes)
-    return y, (windows, y)
-
-
-def _first_max_backward(
-    axes: tuple[int, int], residuals: tuple[jax.Array, jax.Array], g: jax.Array
-) -> tuple[jax.Array]:
-    # Route g to the first maximum of each window in row-major order: (0, 0), (0, 1), (1, 0),
-    # (1, 1), as reduce_window and torch do. Elementwise only, so XLA fuses it into one loop.
-    windows, y = residuals
+def _first_max_forward(windows: jax.Array, axes: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+    # The residual is which entry won, decided by comparing the entries with each other (no
+    # `entry == max` test): XLA may recompute `windows` in several fusions that round
+    # differently (contracting a BatchNorm into FMAs, say), and an equality test against a
+    # max computed elsewhere can then miss every entry of a window and drop its gradient.
     ay, ax = axes
-    taken = jnp.zeros(y.shape, bool)
-    rows = []
-    for dy in range(2):
-        row = jax.lax.index_in_dim(windows, dy, ay, keepdims=False)
-        cols = []
-        for dx in range(2):
-            hit = (jax.lax.index_in_dim(row, dx, ax - 1, keepdims=False) == y) & ~taken
-            taken = taken | hit
-            cols.append(jnp.where(hit, g, jnp.zeros_like(g)))
-        rows.append(jnp.stack(cols, axis=ax - 1))
+    rows = [jax.lax.index_in_dim(windows, dy, ay, keepdims=False) for dy in range(2)]
+    e = [jax.lax.index_in_dim(row, dx, ax - 1, keepdims=False) for row in rows for dx in range(2)]
+    # Strict comparisons keep the first of equal entries, in row-major order (0, 0), (0, 1),
+    # (1, 0), (1, 1), as reduce_window and torch do.
+    first_pair = jnp.where(e[1] > e[0], 1, 0).astype(jnp.int8)
+    second_pair = jnp.where(e[3] > e[2], 3, 2).astype(jnp.int8)
+    second_wins = jnp.maximum(e[2], e[3]) > jnp.maximum(e[0], e[1])
+    return windows.max(axis=axes), jnp.where(second_wins, second_pair, first_pair)
+
+
+def _first_max_backward(axes: tuple[int, int], winner: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    # g goes to the winning entry of each window. Elementwise only: XLA fuses it into one loop.
+    ay, ax = axes
+    zeros = jnp.zeros_like(g)
+    rows = [
+        jnp.stack([jnp.where(winner == 2 * dy + dx, g, zeros) for dx in range(2)], axis=ax - 1)
+        for dy in range(2)
+    ]
     return (jnp.stack(rows, axis=ay),)
 
 
