@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Literal
@@ -90,19 +91,93 @@ def _explicit_padding(
     return pads
 
 
-def _phase_selection(kernel: int, block: int, taps: int) -> np.ndarray:
-    """[taps, block, block, kernel] 0/1: sel[p, r, a, i] = 1 iff block * p + r - a == i.
+@dataclasses.dataclass(frozen=True)
+class _Blocks:
+    """How `patch_conv` cuts a stride-1 convolution into s x s pixel blocks.
 
-    Output pixel `block * u + a` reads input pixel `block * (u + p) + r` through kernel tap i.
+    Attributes:
+        pads: ((top, bottom), (left, right)) padding of the input, rows and columns added so
+            the padded input is a whole number of blocks.
+        ho, wo: the convolution's output size.
+        s: the block side.
+        th, tw: block taps, ceil((k - 1 + s) / s) per axis.
+        hb, wb: output blocks per axis, ceil(ho / s) and ceil(wo / s).
     """
-    sel = np.zeros((taps, block, block, kernel), np.float32)
-    for p in range(taps):
-        for r in range(block):
-            for a in range(block):
-                i = block * p + r - a
-                if 0 <= i < kernel:
-                    sel[p, r, a, i] = 1.0
-    return sel
+
+    pads: tuple[tuple[int, int], tuple[int, int]]
+    ho: int
+    wo: int
+    s: int
+    th: int
+    tw: int
+    hb: int
+    wb: int
+
+
+def _blocks(
+    h: int, w: int, kernel_shape: tuple[int, ...], padding: PaddingLike, block: int
+) -> _Blocks:
+    """The blocking of an h x w input for a [kh, kw, C, O] kernel; checks block and sizes."""
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"block must be an int >= 1, got {block!r}")
+    kh, kw = kernel_shape[:2]
+    (top, bottom), (left, right) = _explicit_padding(padding, (kh, kw))
+    ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"kernel {kh}x{kw} is larger than the padded input {h + top + bottom}x"
+            f"{w + left + right}"
+        )
+    s = int(min(block, ho, wo))
+    th, tw = (kh - 2 + s) // s + 1, (kw - 2 + s) // s + 1
+    hb, wb = -(-ho // s), -(-wo // s)
+    # Pad to whole blocks: s * (hb + th - 1) >= ho + kh - 1 rows, so nothing is ever cropped.
+    rows, cols = s * (hb + th - 1), s * (wb + tw - 1)
+    pads = ((top, rows - h - top), (left, cols - w - left))
+    return _Blocks(pads, ho, wo, s, th, tw, hb, wb)
+
+
+def _block_kernel(kernel: jax.Array, blocks: _Blocks, *, transposed: bool = False) -> jax.Array:
+    """The kernel that maps a block neighbourhood to one block's s * s output pixels.
+
+    Output pixel (s * u + a, s * v + b) reads input pixel (s * (u + p) + r, s * (v + q) + t)
+    through kernel tap (s * p + r - a, s * q + t - b): for each output phase (a, b) the kernel
+    is padded into the (s * th) x (s * tw) block neighbourhood at offset (a, b). Pads,
+    reshapes and one stack, all exact copies that XLA fuses into one pass (forward and
+    gradient).
+
+    Args:
+        kernel: [kh, kw, C, O].
+        blocks: the blocking.
+        transposed: False gives [th * tw * s*s*C, s*s*O] (rows (p, q, r, t, c), columns
+            (a, b, o): for patches as rows), True its transpose (for patches as columns).
+    """
+    kh, kw, cin, cout = kernel.shape
+    s, th, tw = blocks.s, blocks.th, blocks.tw
+    phases = []
+    for a in range(s):
+        for b in range(s):
+            padded = jnp.pad(
+                kernel, ((a, s * th - kh - a), (b, s * tw - kw - b), (0, 0), (0, 0))
+            )  # [(p, r), (q, t), c, o]
+            phases.append(padded.reshape(th, s, tw, s, cin, cout).transpose(0, 2, 1, 3, 4, 5))
+    if transposed:  # [(a, b), o, (p, q, r, t, c)]
+        stacked = jnp.stack(phases).transpose(0, 6, 1, 2, 3, 4, 5)
+        return stacked.reshape(s * s * cout, th * tw * s * s * cin)
+    stacked = jnp.stack(phases, axis=-2)  # [p, q, r, t, c, (a, b), o]
+    return stacked.reshape(th * tw * s * s * cin, s * s * cout)
+
+
+def _check_conv_operands(x: jax.Array, kernel: jax.Array, channel_axis: int, layout: str) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"x must be {layout}, got shape {x.shape}")
+    if kernel.ndim != 4:
+        raise ValueError(f"kernel must be [kh, kw, C, O], got shape {kernel.shape}")
+    if x.shape[channel_axis] != kernel.shape[2]:
+        raise ValueError(
+            f"x has {x.shape[channel_axis]} channels but kernel expects {kernel.shape[2]}: "
+            f"{kernel.shape}"
+        )
 
 
 def _block_products(
@@ -118,43 +193,21 @@ def _block_products(
         (y [B, hb, wb, s, s, O], ho, wo): output pixel (s * u + a, s * v + b) is y[:, u, v, a, b]
         for u < ceil(ho / s), v < ceil(wo / s); entries beyond (ho, wo) are padding.
     """
-    if x.ndim != 4:
-        raise ValueError(f"x must be NHWC [B, H, W, C], got shape {x.shape}")
-    if kernel.ndim != 4:
-        raise ValueError(f"kernel must be [kh, kw, C, O], got shape {kernel.shape}")
-    kh, kw, cin, cout = kernel.shape
-    if x.shape[-1] != cin:
-        raise ValueError(f"x has {x.shape[-1]} channels but kernel expects {cin}: {kernel.shape}")
-    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
-        raise ValueError(f"block must be an int >= 1, got {block!r}")
-    (top, bottom), (left, right) = _explicit_padding(padding, (kh, kw))
-    n, h, w, _ = x.shape
-    ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(
-            f"kernel {kh}x{kw} is larger than the padded input {h + top + bottom}x"
-            f"{w + left + right}"
-        )
-    s = int(min(block, ho, wo))
-    th, tw = (kh - 2 + s) // s + 1, (kw - 2 + s) // s + 1
-    hb, wb = -(-ho // s), -(-wo // s)
-    # Pad to whole blocks: s * (hb + th - 1) >= ho + kh - 1 rows, so nothing is ever cropped.
-    rows, cols = s * (hb + th - 1), s * (wb + tw - 1)
-    x = jnp.pad(x, ((0, 0), (top, rows - h - top), (left, cols - w - left), (0, 0)))
+    _check_conv_operands(x, kernel, -1, "NHWC [B, H, W, C]")
+    n, h, w, cin = x.shape
+    cout = kernel.shape[3]
+    blocks = _blocks(h, w, kernel.shape, padding, block)
+    s, th, tw, hb, wb = blocks.s, blocks.th, blocks.tw, blocks.hb, blocks.wb
+    x = jnp.pad(x, ((0, 0), *blocks.pads, (0, 0)))
+    rows, cols = x.shape[1], x.shape[2]
     x = x.reshape(n, rows // s, s, cols // s, s, cin).transpose(0, 1, 3, 2, 4, 5)
     x = x.reshape(n, rows // s, cols // s, s * s * cin)
     patches = jnp.concatenate(
         [x[:, p : p + hb, q : q + wb, :] for p in range(th) for q in range(tw)], axis=-1
     )
-    block_kernel = jnp.einsum(
-        "prai,qsbj,ijco->pqrscabo",
-        _phase_selection(kh, s, th).astype(kernel.dtype),
-        _phase_selection(kw, s, tw).astype(kernel.dtype),
-        kernel,
-        precision=jax.lax.Precision.HIGHEST,  # exact: it only copies kernel entries
-    ).reshape(th * tw * s * s * cin, s * s * cout)
+    block_kernel = _block_kernel(kernel, blocks)
     y = jnp.matmul(patches.reshape(n * hb * wb, -1), block_kernel, precision=precision)
-    return y.reshape(n, hb, wb, s, s, cout), ho, wo
+    return y.reshape(n, hb, wb, s, s, cout), blocks.ho, blocks.wo
 
 
 def patch_conv(
