@@ -265,6 +265,10 @@ def test_lenet_logits_and_gradients_equal_the_nnx_conv_model(preset):
     cfg = LeNetConfig.preset(preset)
     ours = LeNet5(cfg, rngs=nnx.Rngs(0))
     ref = _with_xla_convolutions(LeNet5(cfg, rngs=nnx.Rngs(0)))
+    cpu = jax.default_backend() == "cpu"
+    # On CPU, presets whose blocks are all conv -> ReLU -> max-pool run channel-major.
+    assert ours._channel_major() == (cpu and preset in ("birdcat", "mnist_cnn"))
+    assert not ref._channel_major()
     x = jax.random.normal(jax.random.key(2), (8, cfg.image_size, cfg.image_size, cfg.in_channels))
     y = jnp.arange(8) % cfg.num_classes
 
