@@ -110,6 +110,24 @@ class LocalLeNet(nnx.Module):
         return self.head(x)[:, 0]
 
 
+class ChannelMajorLeNet(LocalLeNet):
+    """LocalLeNet with fused PatchConv blocks run channel-major ([C, H, W, B]), as jaxcal's
+    LeNet5 on CPU: one transpose in, `conv_max_pool_chwn` per block, one transpose out."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        super().__init__(patch_conv(2), None, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, 32, 32, 3] -> [B] logits."""
+        h = x.transpose(3, 1, 2, 0)
+        for conv in (self.conv1, self.conv2):
+            h = nnx.relu(conv.conv_max_pool_chwn(h))
+        h = h.transpose(3, 1, 2, 0).reshape(x.shape[0], -1)
+        h = nnx.relu(self.fc1(h))
+        h = nnx.relu(self.fc2(h))
+        return self.head(h)[:, 0]
+
+
 def _normalise(images: jax.Array) -> jax.Array:
     """uint8 -> ToTensor + Normalize(0.5, 0.5), NHWC."""
     return (images.astype(jnp.float32) / 255.0 - 0.5) / 0.5
@@ -202,7 +220,7 @@ VARIANTS: dict[str, tuple[Callable, Pool | None, str]] = {
     "patches_b2_fused_pool": (
         patch_conv(2),
         None,
-        "PatchConv.conv_max_pool: pool = max over the matmul's 4 output groups (chosen)",
+        "PatchConv.conv_max_pool: pool = max over the matmul's 4 output groups, NHWC",
     ),
     "patches_b4+max_pool_2x2": (patch_conv(4), max_pool_2x2, "PatchConv block 4"),
 }
@@ -221,6 +239,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         step, state = pure_step(LocalLeNet(make_conv, pool, rngs=nnx.Rngs(0)), uint8_input=False)
         runs[name] = _jax_runner(step, state, x_f32, y)
         notes[name] = note
+    step, state = pure_step(ChannelMajorLeNet(rngs=nnx.Rngs(0)), uint8_input=False)
+    runs["patches_b2_fused_pool_chwn"] = _jax_runner(step, state, x_f32, y)
+    notes["patches_b2_fused_pool_chwn"] = (
+        "fused pool, blocks channel-major [C, H, W, B] (conv_max_pool_chwn: jaxcal's LeNet5)"
+    )
     chosen = (patch_conv(2), None)
     step, state = pure_step(LocalLeNet(*chosen, rngs=nnx.Rngs(0)), uint8_input=True)
     runs["chosen+uint8_preprocess_in_step"] = _jax_runner(step, state, x_u8, y)
@@ -279,7 +302,8 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def _batch_size_effects(quick: bool) -> list[dict[str, Any]]:
-    """ms per step and per 1000 images of XLA conv, PatchConv and torch at several batch sizes."""
+    """ms per step and per 1000 images of XLA conv, PatchConv (NHWC and channel-major) and torch
+    at several batch sizes."""
     sizes = (32, 64, 128) if quick else (32, 64, 128, 256)
     rows = []
     try:
@@ -297,6 +321,8 @@ def _batch_size_effects(quick: bool) -> list[dict[str, Any]]:
                 LocalLeNet(make_conv, pool, rngs=nnx.Rngs(0)), uint8_input=False
             )
             runs[name] = _jax_runner(step, state, x, y)
+        step, state = pure_step(ChannelMajorLeNet(rngs=nnx.Rngs(0)), uint8_input=False)
+        runs["patches_b2_fused_pool_chwn"] = _jax_runner(step, state, x, y)
         if torch_reference is not None:
             runs["torch eager"] = torch_reference.lenet_step(batch_size)
         samples = time_interleaved(runs, repeats=3 if quick else 7, number=5, warmup=2)

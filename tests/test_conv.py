@@ -17,6 +17,7 @@ from jaxcal.models.conv import (
     max_pool_2x2,
     patch_conv,
     patch_conv_max_pool,
+    patch_conv_max_pool_chwn,
     steps_per_call_for,
 )
 
@@ -146,6 +147,66 @@ def test_conv_max_pool_method_equals_the_layer_then_the_pool():
         patch_conv_max_pool(random((1, 5, 5, 3), 25), random((5, 5, 3, 2), 26))
     with pytest.raises(ValueError, match="NHWC"):
         layer.conv_max_pool(x[0])
+
+
+def to_chwn(x):
+    return jnp.transpose(x, (3, 1, 2, 0))
+
+
+@pytest.mark.parametrize(
+    "x_shape, k_shape, padding, kernel_scale",
+    [
+        ((4, 32, 32, 3), (5, 5, 3, 6), "VALID", 1.0),  # bird/cat conv1 + pool
+        ((4, 14, 14, 6), (5, 5, 6, 16), "VALID", 1.0),  # conv2 + pool
+        ((4, 28, 28, 1), (5, 5, 1, 6), 2, 1.0),  # MNIST CNN conv1 + pool
+        ((2, 12, 9, 2), (3, 4, 2, 3), ((1, 0), (0, 2)), 1.0),  # odd output rows: dropped
+        ((3, 10, 10, 2), (5, 5, 2, 4), "VALID", 0.0),  # all outputs tie: first max gets it
+    ],
+)
+def test_channel_major_conv_max_pool_matches_xla_conv_then_nnx_max_pool(
+    x_shape, k_shape, padding, kernel_scale
+):
+    x, kernel = random(x_shape, 30), random(k_shape, 31) * kernel_scale
+    pads = {"VALID": ((0, 0), (0, 0)), 2: ((2, 2), (2, 2))}.get(padding, padding)
+
+    def ref(x, k):  # NHWC
+        return nnx.max_pool(xla_conv(x, k, pads), (2, 2), strides=(2, 2))
+
+    def ours(x, k):  # NHWC in and out, channel-major inside
+        y = patch_conv_max_pool_chwn(to_chwn(x), k, padding=padding, precision=HIGHEST)
+        return to_chwn(y)
+
+    expected = ref(x, kernel)
+    np.testing.assert_allclose(ours(x, kernel), expected, rtol=0, atol=tolerance(kernel))
+    g = random(expected.shape, 32)
+    grads = [
+        jax.jit(jax.grad(lambda x, k, f=f: jnp.vdot(f(x, k), g), argnums=(0, 1)))(x, kernel)
+        for f in (ours, ref)
+    ]
+    dk_terms = expected.shape[0] * expected.shape[1] * expected.shape[2]
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=0, atol=tolerance(kernel))
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=0, atol=4e-7 * dk_terms + 1e-6)
+
+
+def test_channel_major_method_equals_conv_max_pool_and_checks_its_input():
+    layer = PatchConv(3, 6, 5, padding=1, rngs=nnx.Rngs(4))
+    layer.bias[...] = random((6,), 33)
+    x = random((2, 16, 16, 3), 34)
+    np.testing.assert_allclose(
+        to_chwn(layer.conv_max_pool_chwn(to_chwn(x))), layer.conv_max_pool(x), atol=1e-5
+    )
+    half = PatchConv(3, 6, 5, padding="VALID", dtype=jnp.bfloat16, use_bias=False, rngs=nnx.Rngs(4))
+    assert half.conv_max_pool_chwn(to_chwn(x)).dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="channel-major"):
+        layer.conv_max_pool_chwn(x)  # NHWC: 3 channels last, 2 first
+    with pytest.raises(ValueError, match="channel-major"):
+        layer.conv_max_pool_chwn(to_chwn(x)[0])
+    with pytest.raises(ValueError, match="too small to pool"):
+        patch_conv_max_pool_chwn(random((3, 5, 5, 1), 35), random((5, 5, 3, 2), 36))
+    with pytest.raises(ValueError, match="channels"):
+        patch_conv_max_pool_chwn(random((2, 8, 8, 3), 35), random((5, 5, 3, 2), 36))
+    with pytest.raises(ValueError, match="kernel must be"):
+        patch_conv_max_pool_chwn(random((3, 8, 8, 3), 35), random((5, 5, 3), 36))
 
 
 @pytest.mark.parametrize(

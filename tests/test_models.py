@@ -243,6 +243,59 @@ def test_lenet_config_refuses_bad_values():
         LeNet5.mnist_cnn(rngs=nnx.Rngs(0))(jnp.zeros((2, 1, 28, 28)))
 
 
+def _with_xla_convolutions(model: LeNet5) -> LeNet5:
+    """`model` with every convolution an nnx.Conv holding the same weights."""
+    for i in range(1, len(model.config.convs) + 1):
+        old = getattr(model, f"conv{i}")
+        new = nnx.Conv(
+            old.in_features,
+            old.out_features,
+            old.kernel_size,
+            padding=old.padding,
+            use_bias=old.use_bias,
+            rngs=nnx.Rngs(0),
+        )
+        nnx.update(new, nnx.state(old, nnx.Param))
+        setattr(model, f"conv{i}", new)
+    return model
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_lenet_logits_and_gradients_equal_the_nnx_conv_model(preset):
+    cfg = LeNetConfig.preset(preset)
+    ours = LeNet5(cfg, rngs=nnx.Rngs(0))
+    ref = _with_xla_convolutions(LeNet5(cfg, rngs=nnx.Rngs(0)))
+    cpu = jax.default_backend() == "cpu"
+    # On CPU, presets whose blocks are all conv -> ReLU -> max-pool run channel-major.
+    assert ours._channel_major() == (cpu and preset in ("birdcat", "mnist_cnn"))
+    assert not ref._channel_major()
+    x = jax.random.normal(jax.random.key(2), (8, cfg.image_size, cfg.image_size, cfg.in_channels))
+    y = jnp.arange(8) % cfg.num_classes
+
+    @nnx.jit
+    def loss_and_grads(model):
+        def loss(model):
+            logits = model(x, rngs=jax.random.key(3))
+            if cfg.num_classes == 1:
+                return jnp.mean(jnp.logaddexp(0.0, logits[:, 0]) - y * logits[:, 0])
+            return jnp.mean(
+                jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], 1)[:, 0]
+            )
+
+        return nnx.value_and_grad(loss)(model)
+
+    ours.train()
+    ref.train()
+    (loss_ours, grads_ours), (loss_ref, grads_ref) = loss_and_grads(ours), loss_and_grads(ref)
+    np.testing.assert_allclose(loss_ours, loss_ref, rtol=1e-5)
+    # Float32 reorderings through two or three convolutions and pools: relative 1e-4.
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(b).max()),
+        nnx.state(grads_ours, nnx.Param),
+        nnx.state(grads_ref, nnx.Param),
+    )
+
+
 def test_lenet_bn_eval_uses_running_statistics_and_train_updates_them():
     model = LeNet5.lenet5_bn(rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (6, 32, 32, 3)) * 2 + 1
