@@ -352,17 +352,29 @@ class TestBootstrap:
         np.testing.assert_array_equal(draws, (bits * np.uint64(n)) >> np.uint64(32))
         assert draws.min() >= 0 and draws.max() < n
 
-    def test_matches_explicit_resampling(self, bootstrap_data):
+    @pytest.mark.parametrize(
+        "options",
+        [
+            {},
+            {"norm": "l2"},
+            {"norm": "max"},
+            {"binning": "quantile"},
+            {"binning": "quantile", "norm": "l2"},
+        ],
+    )
+    def test_matches_explicit_resampling(self, bootstrap_data, options):
+        # Uniform bins are looked up once and gathered with the resampled samples; quantile
+        # bins are recomputed per resample: both equal `ece` of the explicit resample.
         z, y = bootstrap_data
         key = jax.random.key(0)
-        result = ece_bootstrap(z, y, key, num_resamples=64, confidence=0.9)
+        result = ece_bootstrap(z, y, key, num_resamples=64, confidence=0.9, **options)
         assert isinstance(result, BootstrapInterval)
-        plug_in = float(ece(z, y))
+        plug_in = float(ece(z, y, **options))
         assert float(result.plug_in) == pytest.approx(plug_in, abs=EXACT_TOL)
         replicates = []
         for r in range(64):
             index = np.asarray(_resample_indices(jax.random.fold_in(key, r), 400))
-            replicates.append(float(ece(z[index], y[index])))
+            replicates.append(float(ece(z[index], y[index], **options)))
         q_lo, median, q_hi = np.quantile(replicates, [0.05, 0.5, 0.95])
         # Basic bootstrap: percentiles reflected about the plug-in error, clipped at 0.
         assert float(result.lower) == pytest.approx(max(2 * plug_in - q_hi, 0), abs=1e-5)

