@@ -574,3 +574,32 @@ def test_data_parallel_matches_one_device(tmp_path):
     )
     assert (one["replicated_on"], eight["replicated_on"]) == (1, 8)
     assert "batch_size 12 must divide by the 8 devices" in runs["error"]
+
+
+class _CountingLinear(nnx.Module):
+    """A linear model that counts how often it is traced (Python runs only when tracing)."""
+
+    traces = 0
+
+    def __init__(self, rngs):
+        self.dense = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+        type(self).traces += 1
+        return self.dense(x.reshape(x.shape[0], -1))
+
+
+def test_output_width_traces_once_per_model_and_input_shape():
+    from jaxcal.train.inputs import output_width
+
+    graphdef, state = nnx.split(_CountingLinear(nnx.Rngs(0)))
+    _CountingLinear.traces = 0
+    inputs = np.zeros((10, 4), np.float32)
+    assert output_width("train", graphdef, (state,), inputs, None) == 3
+    assert output_width("train", graphdef, (state,), inputs[:5], None) == 3  # same [*, 4]
+    assert _CountingLinear.traces == 1
+    with pytest.raises(ValueError, match=r"train inputs \[N, 5\] do not fit the model"):
+        output_width("train", graphdef, (state,), np.zeros((10, 5), np.float32), None)
+    with pytest.raises(ValueError, match=r"train inputs \[N, 5\] do not fit the model"):
+        output_width("train", graphdef, (state,), np.zeros((10, 5), np.float32), None)
+    assert _CountingLinear.traces == 3  # errors are not remembered
