@@ -40,6 +40,21 @@ def tolerance(kernel):
     return 4e-7 * k + 1e-6
 
 
+def assert_matches_with_gradients(ours, ref, x, kernel, *, seed):
+    """ours(x, kernel) equals ref(x, kernel), and so do both gradients of a random projection
+    (jitted); the kernel gradient sums B x H' x W' terms, hence its wider tolerance."""
+    expected = ref(x, kernel)
+    np.testing.assert_allclose(ours(x, kernel), expected, rtol=0, atol=tolerance(kernel))
+    g = random(expected.shape, seed)
+    grads = [
+        jax.jit(jax.grad(lambda x, k, f=f: jnp.vdot(f(x, k), g), argnums=(0, 1)))(x, kernel)
+        for f in (ours, ref)
+    ]
+    dk_terms = expected.shape[0] * expected.shape[1] * expected.shape[2]
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=0, atol=tolerance(kernel))
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=0, atol=4e-7 * dk_terms + 1e-6)
+
+
 def random(shape, seed):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32))
 
@@ -126,16 +141,7 @@ def test_fused_conv_max_pool_matches_xla_conv_then_nnx_max_pool(x_shape, k_shape
     def ours(x, k):
         return patch_conv_max_pool(x, k, padding=padding, precision=HIGHEST)
 
-    expected = ref(x, kernel)
-    np.testing.assert_allclose(ours(x, kernel), expected, rtol=0, atol=tolerance(kernel))
-    g = random(expected.shape, 22)
-    grads = [
-        jax.jit(jax.grad(lambda x, k, f=f: jnp.vdot(f(x, k), g), argnums=(0, 1)))(x, kernel)
-        for f in (ours, ref)
-    ]
-    dk_terms = expected.shape[0] * expected.shape[1] * expected.shape[2]
-    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=0, atol=tolerance(kernel))
-    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=0, atol=4e-7 * dk_terms + 1e-6)
+    assert_matches_with_gradients(ours, ref, x, kernel, seed=22)
 
 
 def test_conv_max_pool_method_equals_the_layer_then_the_pool():
@@ -176,16 +182,7 @@ def test_channel_major_conv_max_pool_matches_xla_conv_then_nnx_max_pool(
         y = patch_conv_max_pool_chwn(to_chwn(x), k, padding=padding, precision=HIGHEST)
         return to_chwn(y)
 
-    expected = ref(x, kernel)
-    np.testing.assert_allclose(ours(x, kernel), expected, rtol=0, atol=tolerance(kernel))
-    g = random(expected.shape, 32)
-    grads = [
-        jax.jit(jax.grad(lambda x, k, f=f: jnp.vdot(f(x, k), g), argnums=(0, 1)))(x, kernel)
-        for f in (ours, ref)
-    ]
-    dk_terms = expected.shape[0] * expected.shape[1] * expected.shape[2]
-    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=0, atol=tolerance(kernel))
-    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=0, atol=4e-7 * dk_terms + 1e-6)
+    assert_matches_with_gradients(ours, ref, x, kernel, seed=32)
 
 
 def test_channel_major_method_equals_conv_max_pool_and_checks_its_input():
