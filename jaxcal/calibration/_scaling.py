@@ -175,12 +175,11 @@ class _Whitened(NamedTuple):
     features: jax.Array
     centre: jax.Array
     chol: jax.Array
+    chol_inverse: jax.Array
 
     def to_map(self, params: AffineParams) -> AffineParams:
         """The map on x of parameters fitted on the whitened features: W = W' L^-1."""
-        k = self.chol.shape[0]
-        inverse = solve_triangular(self.chol, jnp.eye(k, dtype=self.chol.dtype), lower=True)
-        weight = params.weight @ inverse
+        weight = params.weight @ self.chol_inverse
         return AffineParams(weight, params.bias - weight @ self.centre)
 
 
@@ -192,7 +191,9 @@ def _whiten(x: jax.Array) -> _Whitened:
     ridge = WHITENING_RIDGE * jnp.trace(covariance) / k + jnp.finfo(x.dtype).tiny
     chol = jnp.linalg.cholesky(covariance + ridge * jnp.eye(k, dtype=x.dtype))
     features = solve_triangular(chol, centred.T, lower=True).T
-    return _Whitened(features, centre, chol)
+    # Once here, not in every penalty evaluation of the L-BFGS loop.
+    chol_inverse = solve_triangular(chol, jnp.eye(k, dtype=x.dtype), lower=True)
+    return _Whitened(features, centre, chol, chol_inverse)
 
 
 @partial(jax.jit, static_argnames=("max_iter", "features"))
