@@ -168,6 +168,30 @@ class TestFitTemperature:
         assert int(one_step.num_iter) == 1 and not bool(one_step.converged)
         assert float(one_step.nll_after) < float(one_step.nll_before)
 
+    @pytest.mark.parametrize(
+        ("case", "bounds"),
+        [
+            ("interior", (MIN_TEMPERATURE, MAX_TEMPERATURE)),
+            ("above one", (1.5, 5.0)),  # T = 1 outside the bounds: the start is T = 1.5
+            ("at upper bound", (0.5, 2.0)),
+            ("separable", (MIN_TEMPERATURE, MAX_TEMPERATURE)),
+        ],
+    )
+    def test_nll_after_is_the_nll_at_the_fitted_temperature(self, binary_data, case, bounds):
+        # nll_after comes from the fit's last pass, or a fresh one when T was set to a bound.
+        logits, labels = binary_data
+        if case == "separable":
+            labels = (logits > 0).astype(np.int32)
+        fit = fit_temperature(logits, labels, bounds=bounds)
+        t = float(fit.temperature)
+        assert bounds[0] * (1 - 1e-6) <= t <= bounds[1] * (1 + 1e-6)  # float32 bounds
+        if case == "above one":
+            assert float(fit.temperature) == pytest.approx(scipy_temperature(logits, labels), 1e-4)
+        # float32 means of 10k terms: 1e-6 relative (the separable NLL is ~1e-30: absolute).
+        expected = nll64(np.asarray(logits, np.float64) / t, labels)
+        assert float(fit.nll_after) == pytest.approx(expected, rel=1e-6, abs=1e-7)
+        assert float(fit.nll_before) == pytest.approx(nll64(logits, labels), rel=1e-6)
+
     def test_jit_and_vmap(self, binary_data):
         logits, labels = binary_data[0][:500], binary_data[1][:500]
         stacked = np.stack([logits, 0.5 * logits, 2.0 * logits])
@@ -261,7 +285,7 @@ class TestObjective:
             logits = jnp.asarray(3.0 * rng.normal(size=shape))
             labels = jnp.asarray(rng.integers(0, max(classes, 2), 400))
             lo, hi = np.log(0.5), np.log(4.0)
-            derivatives, _ = _nll_change(_label_gaps(logits, labels), lo, hi)
+            derivatives, _, _ = _nll_change(_label_gaps(logits, labels), lo, hi)
 
             def change(log_t):
                 inside = jnp.clip(log_t, lo, hi)

@@ -8,7 +8,6 @@ import numpy as np
 import optax
 
 from jaxcal.calibration import _checks
-from jaxcal.calibration.metrics import _nll
 from jaxcal.calibration.sweep import TemperatureSweep, temperature_sweep
 
 # The sweep lives in sweep.py; it is re-exported here, where it was first defined.
@@ -27,6 +26,8 @@ __all__ = [
 # predict (T -> infinity) finite.
 MIN_TEMPERATURE = 1e-2
 MAX_TEMPERATURE = 1e2
+# A Newton step within this many float32 roundings of log T is not taken (it cannot move T).
+NEWTON_RESOLUTION = 4
 
 
 class TemperatureFit(NamedTuple):
@@ -155,16 +156,20 @@ def _multiclass_terms(gaps: jax.Array, scale: jax.Array):
 
 
 def _nll_change(gaps: jax.Array, log_lo: jax.Array, log_hi: jax.Array):
-    """(log T -> _Derivatives of mean NLL(logits / T) - mean NLL(logits), [N] NLL(logits)).
+    """The objective: mean NLL(logits / T) - mean NLL(logits), as a function of log T.
 
     The change is summed from per-sample differences: its float32 rounding noise is ~1e-9
     instead of ~1e-6 for the NLL itself, which the line search needs when logits are tiny
     and the NLL barely moves with T. Outside [log_lo, log_hi] the loss is held at the bound
     plus a quadratic, which keeps the objective increasing there, so the line search never
     mistakes a flat, clipped plateau for a minimum.
+
+    Returns:
+      (log T -> _Derivatives of the objective, [N] NLL(logits), _Derivatives at log T = 0),
+      the last two from one pass.
     """
     terms = _binary_terms if gaps.ndim == 1 else _multiclass_terms
-    unscaled = terms(gaps, jnp.ones((), gaps.dtype))[0]
+    unscaled, slope_at_one, curvature_at_one = terms(gaps, jnp.ones((), gaps.dtype))
 
     def derivatives(log_t):
         inside = jnp.clip(log_t, log_lo, log_hi)
@@ -177,7 +182,9 @@ def _nll_change(gaps: jax.Array, log_lo: jax.Array, log_hi: jax.Array):
             jnp.mean(curvature) * within + (1.0 - within),
         )
 
-    return derivatives, unscaled
+    zero = jnp.zeros((), gaps.dtype)
+    at_one = _Derivatives(zero, jnp.mean(slope_at_one), jnp.mean(curvature_at_one))
+    return derivatives, unscaled, at_one
 
 
 def _differentiable(derivatives):
@@ -200,22 +207,38 @@ def _newton_polish(derivatives, log_t, count, max_iter, log_lo, log_hi, steps: i
 
     Near the optimum a float32 objective is flatter than its rounding noise, so line searches
     stall there while the gradient still points the way: a step is kept when it shrinks |f'|.
+    A step within a few float rounding errors of log T could not move it: such a step is
+    skipped, and its pass over the logits with it.
 
     Returns:
       (log T, iterations used so far, Newton step |f' / f''| at log T: the scale-aware
-      estimate of the distance to the optimum in log T, NaN where f'' <= 0).
+      estimate of the distance to the optimum in log T, NaN where f'' <= 0, and the
+      objective's value at log T).
     """
-    _, grad, curvature = derivatives(log_t)
+    at = derivatives(log_t)
     for _ in range(steps):
-        usable = (curvature > 0) & (count < max_iter)
-        proposal = jnp.clip(log_t - grad / jnp.where(usable, curvature, 1.0), log_lo, log_hi)
-        _, new_grad, new_curvature = derivatives(proposal)
-        keep = usable & (jnp.abs(new_grad) < jnp.abs(grad))
-        log_t = jnp.where(keep, proposal, log_t)
-        grad = jnp.where(keep, new_grad, grad)
-        curvature = jnp.where(keep, new_curvature, curvature)
-        count = count + keep.astype(count.dtype)
-    return log_t, count, jnp.abs(grad) / jnp.where(curvature > 0, curvature, jnp.nan)
+        usable = (at.curvature > 0) & (count < max_iter)
+        resolution = (
+            NEWTON_RESOLUTION * jnp.finfo(log_t.dtype).eps * jnp.maximum(1.0, jnp.abs(log_t))
+        )
+        needed = usable & (jnp.abs(at.slope) > resolution * at.curvature)
+
+        def step(log_t=log_t, at=at, usable=usable):
+            proposal = jnp.clip(
+                log_t - at.slope / jnp.where(usable, at.curvature, 1.0), log_lo, log_hi
+            )
+            new = derivatives(proposal)
+            keep = jnp.abs(new.slope) < jnp.abs(at.slope)
+            chosen = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, at)
+            return jnp.where(keep, proposal, log_t), chosen, keep
+
+        def skip(log_t=log_t, at=at):
+            return log_t, at, jnp.zeros((), bool)
+
+        log_t, at, kept = jax.lax.cond(needed, step, skip)
+        count = count + kept.astype(count.dtype)
+    newton_step = jnp.abs(at.slope) / jnp.where(at.curvature > 0, at.curvature, jnp.nan)
+    return log_t, count, newton_step, at.value
 
 
 # One-dimensional L-BFGS is the secant method: the newest (step, gradient change) pair fixes the
@@ -229,7 +252,7 @@ def _fit_temperature(logits, labels, max_iter, tol, lowest, highest):
     constant, to_zero, to_infinity = _optimum_at_bound(gaps)
     decided = constant | to_zero | to_infinity
     log_lo, log_hi = jnp.log(lowest), jnp.log(highest)
-    derivatives, unscaled = _nll_change(gaps, log_lo, log_hi)
+    derivatives, unscaled, at_one = _nll_change(gaps, log_lo, log_hi)
     nll_change = _differentiable(derivatives)
     value_and_grad = optax.value_and_grad_from_state(nll_change)
 
@@ -252,7 +275,8 @@ def _fit_temperature(logits, labels, max_iter, tol, lowest, highest):
         return ~decided & moving & improvable
 
     start = jnp.clip(jnp.zeros((), logits.dtype), log_lo, log_hi)
-    at_start = derivatives(start)
+    # T = 1 within the bounds (the usual case): the start's derivatives came with `unscaled`.
+    at_start = jax.lax.cond(start == 0, lambda: at_one, lambda: derivatives(start))
     # The first iteration reuses the value and slope at the start from the state.
     state = optax.tree.set(_SOLVER.init(start), value=at_start.value, grad=at_start.slope)
     log_t, state, _ = jax.lax.while_loop(keep_going, step, (start, state, start + 1.0))
@@ -260,23 +284,28 @@ def _fit_temperature(logits, labels, max_iter, tol, lowest, highest):
     worse = optax.tree.get(state, "value") > at_start.value
     log_t = jnp.where(worse, start, log_t)
     count = jnp.where(decided, 0, optax.tree.get(state, "count"))
-    log_t, count, newton_step = _newton_polish(
+    polished, count, newton_step, change = _newton_polish(
         derivatives, log_t, count, jnp.where(decided, 0, max_iter), log_lo, log_hi
     )
-    interior = (log_t > log_lo) & (log_t < log_hi)
+    interior = (polished > log_lo) & (polished < log_hi)
     log_t = jnp.where(
         constant,
         0.0,
-        jnp.where(to_zero, log_lo, jnp.where(to_infinity, log_hi, jnp.clip(log_t, log_lo, log_hi))),
+        jnp.where(
+            to_zero, log_lo, jnp.where(to_infinity, log_hi, jnp.clip(polished, log_lo, log_hi))
+        ),
     )
     converged = constant | (~decided & ~worse & interior & (newton_step <= tol))
     temperature = jnp.clip(jnp.exp(log_t), lowest, highest)
+    # The NLL at the fitted T from the polish's last pass, unless T was set to a bound since.
+    change = jax.lax.cond(log_t == polished, lambda: change, lambda: derivatives(log_t).value)
+    nll_before = jnp.mean(unscaled)
     return TemperatureFit(
         temperature=temperature,
         converged=converged,
         num_iter=count.astype(jnp.int32),
-        nll_before=jnp.mean(unscaled),
-        nll_after=_nll(logits / temperature, labels, True),
+        nll_before=nll_before,
+        nll_after=nll_before + change,
     )
 
 
