@@ -164,6 +164,8 @@ def test_torch_missing_is_reported_not_fatal(monkeypatch):
     for row in rows[2:]:
         assert row["reference"] is None and row["reference_ms"] is None and row["speedup"] is None
         assert row["jaxcal_relative_error"] < 1e-5
+        assert row["jaxcal_repeated_ms"] > 0 and row["speedup_repeated"] is None
+        assert row["fits_per_repeated_sample"] == tiny.step_number
     table = step_times.markdown(report)
     assert table.count("| temperature_") == 4
 
@@ -196,5 +198,8 @@ def test_quick_mode_writes_every_row(tmp_path):
     for row in rows:
         if row["task"] == "temperature_fit":
             assert row["jaxcal_relative_error"] < 1e-5
+            assert row["speedup_repeated"] == pytest.approx(
+                row["reference_repeated_ms"] / row["jaxcal_repeated_ms"], rel=1e-2
+            )
     assert report["machine"]["cores"] >= 1 and report["machine"]["versions"]["jax"]
     assert md_path.read_text().count("\n| ") == len(rows) + 1  # header + one line per row
