@@ -37,3 +37,17 @@ def test_markdown_has_a_line_per_comparison(report):
     table = calibration_peers.markdown(report)
     comparisons = sum(len(row.get("peers", {})) for row in report["rows"])
     assert len(table.splitlines()) == 2 + comparisons + 2
+
+
+def test_ece_rows_are_also_timed_with_repeated_calls(report):
+    for row in report["rows"]:
+        if not row["task"].startswith("ece_") or row["task"] == "ece_peak_rss":
+            continue
+        if row["task"] == "ece_bootstrap_upper":
+            assert "jaxcal_repeated_ms" not in row
+            continue
+        assert row["calls_per_repeated_sample"] == calibration_peers.REPEATED_CALLS
+        for peer in row["peers"].values():
+            assert peer["speedup_repeated"] == pytest.approx(
+                peer["repeated_ms"] / row["jaxcal_repeated_ms"], rel=1e-2
+            )
