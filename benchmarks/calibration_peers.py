@@ -93,6 +93,9 @@ def _row(
     """One row: medians, speedups and values of jaxcal and each peer (and of `repeated`)."""
     jaxcal_ms = timing.median(times["jaxcal"])
     row: dict[str, Any] = {"task": task, "n": n, "jaxcal_ms": jaxcal_ms, "peers": {}}
+    if repeated is not None:
+        row["jaxcal_repeated_ms"] = timing.median(repeated["jaxcal"])
+        row["calls_per_repeated_sample"] = REPEATED_CALLS
     for name in times:
         if name == "jaxcal":
             continue
@@ -104,14 +107,11 @@ def _row(
             "agrees": bool(abs(values[name] - values["jaxcal"]) <= atol),
         }
         if repeated is not None:
-            ours, theirs = timing.median(repeated["jaxcal"]), timing.median(repeated[name])
+            theirs = timing.median(repeated[name])
             row["peers"][name] |= {
                 "repeated_ms": theirs,
-                "speedup_repeated": round(theirs / ours, 2),
+                "speedup_repeated": round(theirs / row["jaxcal_repeated_ms"], 2),
             }
-    if repeated is not None:
-        row["jaxcal_repeated_ms"] = timing.median(repeated["jaxcal"])
-        row["calls_per_repeated_sample"] = REPEATED_CALLS
     row["jaxcal_value"] = float(values["jaxcal"])
     return row
 

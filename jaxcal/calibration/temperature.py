@@ -215,6 +215,18 @@ def _newton_polish(derivatives, log_t, count, max_iter, log_lo, log_hi, steps: i
       estimate of the distance to the optimum in log T, NaN where f'' <= 0, and the
       objective's value at log T).
     """
+
+    def step(log_t, at, usable):
+        # The guard keeps a vmapped cond (both branches run) free of divisions by f'' <= 0.
+        proposal = jnp.clip(log_t - at.slope / jnp.where(usable, at.curvature, 1.0), log_lo, log_hi)
+        new = derivatives(proposal)
+        keep = jnp.abs(new.slope) < jnp.abs(at.slope)
+        chosen = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, at)
+        return jnp.where(keep, proposal, log_t), chosen, keep
+
+    def skip(log_t, at, usable):
+        return log_t, at, jnp.zeros((), bool)
+
     at = derivatives(log_t)
     for _ in range(steps):
         usable = (at.curvature > 0) & (count < max_iter)
@@ -222,20 +234,7 @@ def _newton_polish(derivatives, log_t, count, max_iter, log_lo, log_hi, steps: i
             NEWTON_RESOLUTION * jnp.finfo(log_t.dtype).eps * jnp.maximum(1.0, jnp.abs(log_t))
         )
         needed = usable & (jnp.abs(at.slope) > resolution * at.curvature)
-
-        def step(log_t=log_t, at=at, usable=usable):
-            proposal = jnp.clip(
-                log_t - at.slope / jnp.where(usable, at.curvature, 1.0), log_lo, log_hi
-            )
-            new = derivatives(proposal)
-            keep = jnp.abs(new.slope) < jnp.abs(at.slope)
-            chosen = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, at)
-            return jnp.where(keep, proposal, log_t), chosen, keep
-
-        def skip(log_t=log_t, at=at):
-            return log_t, at, jnp.zeros((), bool)
-
-        log_t, at, kept = jax.lax.cond(needed, step, skip)
+        log_t, at, kept = jax.lax.cond(needed, step, skip, log_t, at, usable)
         count = count + kept.astype(count.dtype)
     newton_step = jnp.abs(at.slope) / jnp.where(at.curvature > 0, at.curvature, jnp.nan)
     return log_t, count, newton_step, at.value
