@@ -15,7 +15,7 @@ import pathlib
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,9 @@ import numpy as np
 from benchmarks import timing
 from jaxcal import calibration
 from jaxcal.calibration.metrics import _resample_indices
+
+if TYPE_CHECKING:
+    import torch
 
 NUM_BINS = 15
 # Float32 bin edges of the peers can move a sample lying within rounding of an edge: 2 / N each.
@@ -120,44 +123,72 @@ def _blocked(fn: Callable[[], Any]) -> Callable[[], Any]:
     return lambda: jax.block_until_ready(fn())
 
 
-def bench_ece(cfg: PeersConfig, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """`ece` (binary p(y=1) and 10-class top-label) vs torchmetrics and netcal."""
-    import netcal.metrics
-    import torch
+def _torchmetrics_ece(
+    probs: torch.Tensor, labels: torch.Tensor, classes: int, validate_args: bool
+) -> Callable[[], float]:
+    """torchmetrics' 15-bin ECE of `probs` ([N] p(y=1) or [N, K]) as a call without arguments."""
     from torchmetrics.functional.classification import (
         binary_calibration_error,
         multiclass_calibration_error,
     )
 
+    if classes == 2:
+        return lambda: float(
+            binary_calibration_error(probs, labels, n_bins=NUM_BINS, validate_args=validate_args)
+        )
+    return lambda: float(
+        multiclass_calibration_error(
+            probs, labels, num_classes=classes, n_bins=NUM_BINS, validate_args=validate_args
+        )
+    )
+
+
+def _timed_row(
+    task: str, n: int, runs: dict[str, Callable[[], Any]], cfg: PeersConfig
+) -> dict[str, Any]:
+    """`runs` timed single and `REPEATED_CALLS` per sample, values compared (an ECE row)."""
+    values = {name: float(run()) for name, run in runs.items()}
+    times = timing.time_interleaved(runs, repeats=cfg.repeats)
+    repeated = timing.time_interleaved(runs, repeats=cfg.repeats, number=REPEATED_CALLS)
+    return _row(task, n, times, values, VALUE_ATOL, repeated)
+
+
+def bench_ece(cfg: PeersConfig, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """`ece` (binary p(y=1) and 10-class top-label) vs torchmetrics and netcal.
+
+    Each size also gets an `*_unchecked` row with input validation off on both sides, showing
+    how much of each time is the checks: jaxcal's value checks run only eagerly, so `ece` under
+    `jax.jit` skips them, and torchmetrics skips its own with validate_args=False (netcal has
+    no such switch and is left out).
+    """
     rows = []
     for classes in (2, 10):
         for n in cfg.sizes:
-            probs, labels = simulated(n, classes)
-            p_jax, y_jax = jnp.asarray(probs), jnp.asarray(labels)
-            p_torch, y_torch = torch.from_numpy(probs), torch.from_numpy(labels.astype(np.int64))
-            if classes == 2:
-
-                def torchmetrics_ece(p=p_torch, y=y_torch):
-                    return float(binary_calibration_error(p, y, n_bins=NUM_BINS))
-            else:
-
-                def torchmetrics_ece(p=p_torch, y=y_torch, k=classes):
-                    return float(multiclass_calibration_error(p, y, num_classes=k, n_bins=NUM_BINS))
-
-            runs = {
-                "jaxcal": _blocked(
-                    lambda p=p_jax, y=y_jax: calibration.ece(p, y, from_logits=False)
-                ),
-                "torchmetrics": torchmetrics_ece,
-                "netcal": lambda p=probs, y=labels: netcal.metrics.ECE(bins=NUM_BINS).measure(p, y),
-            }
-            values = {name: float(run()) for name, run in runs.items()}
-            times = timing.time_interleaved(runs, repeats=cfg.repeats)
-            repeated = timing.time_interleaved(runs, repeats=cfg.repeats, number=REPEATED_CALLS)
-            task = "ece_binary" if classes == 2 else "ece_10_class"
-            rows.append(_row(task, n, times, values, VALUE_ATOL, repeated))
-            log(f"{task} n={n}: {rows[-1]}")
+            rows.extend(_ece_rows(classes, n, cfg))
+            log(f"ece {classes} classes n={n}: {rows[-2]}, {rows[-1]}")
     return rows
+
+
+def _ece_rows(classes: int, n: int, cfg: PeersConfig) -> list[dict[str, Any]]:
+    """The checked and the unchecked ECE row of `classes` at `n` samples."""
+    import netcal.metrics
+    import torch
+
+    task = "ece_binary" if classes == 2 else "ece_10_class"
+    probs, labels = simulated(n, classes)
+    p_jax, y_jax = jnp.asarray(probs), jnp.asarray(labels)
+    p_torch, y_torch = torch.from_numpy(probs), torch.from_numpy(labels.astype(np.int64))
+    checked = {
+        "jaxcal": _blocked(lambda: calibration.ece(p_jax, y_jax, from_logits=False)),
+        "torchmetrics": _torchmetrics_ece(p_torch, y_torch, classes, validate_args=True),
+        "netcal": lambda: netcal.metrics.ECE(bins=NUM_BINS).measure(probs, labels),
+    }
+    jitted = jax.jit(lambda p, y: calibration.ece(p, y, from_logits=False))
+    unchecked = {
+        "jaxcal": _blocked(lambda: jitted(p_jax, y_jax)),
+        "torchmetrics": _torchmetrics_ece(p_torch, y_torch, classes, validate_args=False),
+    }
+    return [_timed_row(task, n, checked, cfg), _timed_row(f"{task}_unchecked", n, unchecked, cfg)]
 
 
 def numpy_bootstrap(confidence: np.ndarray, target: np.ndarray, indices: np.ndarray) -> np.ndarray:

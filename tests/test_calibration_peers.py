@@ -17,7 +17,13 @@ def report():
 def test_every_row_exists(report):
     tasks = {(row["task"], row["n"]) for row in report["rows"]}
     n = calibration_peers.PeersConfig.quick().sizes[0]
-    for task in ("ece_binary", "ece_10_class", "smooth_ece"):
+    for task in (
+        "ece_binary",
+        "ece_10_class",
+        "ece_binary_unchecked",
+        "ece_10_class_unchecked",
+        "smooth_ece",
+    ):
         assert (task, n) in tasks
     assert any(task == "ece_bootstrap_upper" for task, _ in tasks)
     peers = {name for row in report["rows"] for name in row.get("peers", {})}
