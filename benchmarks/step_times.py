@@ -347,8 +347,24 @@ def bench_mlp_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[
     return rows
 
 
+def with_xla_convolutions(model: nnx.Module) -> nnx.Module:
+    """`model` with every `nnx.Conv` lowered by `lax.conv_general_dilated` (in place).
+
+    jaxcal's ResNet18 lowers its late-stage convolutions as im2col + GEMM on CPU
+    (`jaxcal.models.im2col`); this is the same model with XLA's convolutions throughout.
+    """
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Conv):
+            node.conv_general_dilated = jax.lax.conv_general_dilated
+    return model
+
+
 def bench_resnet18_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
-    """ResNet18 at 224: head-only (1 logit, Adam 1e-3) and layer4+head (2 classes, Adam 1e-5)."""
+    """ResNet18 at 224: head-only (1 logit, Adam 1e-3) and layer4+head (2 classes, Adam 1e-5).
+
+    Each as built for this backend and with XLA's convolutions throughout, interleaved with
+    torch.
+    """
     rows = []
     preprocess = transforms.make_preprocess(*transforms.IMAGENET_MEAN_STD)
     for variant, trainable, num_classes, lr in (
@@ -358,30 +374,29 @@ def bench_resnet18_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[
         config = train.TrainConfig(
             batch_size=cfg.resnet_batch, trainable=trainable, learning_rate=lr
         )
-        jaxcal_run = jaxcal_step_runner(
-            ResNet18(num_classes, rngs=nnx.Rngs(0)),
-            config,
-            preprocess,
-            (224, 224, 3),
-            num_classes,
-            batches=2,
-        )
+        size = f"224x224, batch {cfg.resnet_batch}"
+        variants = {
+            f"{variant}, {size}{suffix}": jaxcal_step_runner(
+                build(ResNet18(num_classes, rngs=nnx.Rngs(0))),
+                config,
+                preprocess,
+                (224, 224, 3),
+                num_classes,
+                batches=2,
+            )
+            for suffix, build in (("", lambda m: m), (", XLA convolutions", with_xla_convolutions))
+        }
         reference = (
             None
             if torch_ref is None
             else torch_ref.resnet18_step(cfg.resnet_batch, 224, trainable, num_classes, lr)
         )
-        ours, theirs, first, first_ref = _compare(jaxcal_run, reference, repeats=cfg.resnet_repeats)
-        rows.append(
-            _row(
-                "resnet18_step",
-                f"{variant}, 224x224, batch {cfg.resnet_batch}",
-                ours,
-                None if reference is None else "torch eager, torchvision-layout ResNet18",
-                theirs,
-                jaxcal_first_call_ms=round(first, 1),
-                reference_first_call_ms=None if first_ref is None else round(first_ref, 1),
-            )
+        rows += _rows_against_reference(
+            "resnet18_step",
+            variants,
+            "torch eager, torchvision-layout ResNet18",
+            reference,
+            repeats=cfg.resnet_repeats,
         )
     return rows
 

@@ -13,7 +13,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks import step_times, timing
+from benchmarks import resnet_convolutions, step_times, timing
 from jaxcal import calibration
 from jaxcal.models import LeNet5
 
@@ -112,6 +112,26 @@ def test_switching_lenet_convolutions_keeps_weights_and_outputs():
     np.testing.assert_allclose(model(x), switched(x), atol=1e-5)
 
 
+def test_resnet_convolution_rows_time_every_variant_and_name_the_cpu_choice():
+    shapes = (
+        resnet_convolutions.Shape("small 3x3", 6, 3, 4, 3, 1, 1, "xw"),
+        resnet_convolutions.Shape("big 3x3", 16, 3, 4, 3, 1, 1),
+        resnet_convolutions.Shape("1x1/2", 8, 3, 4, 1, 2, 0, "w"),
+    )
+    report = resnet_convolutions.run(quick=True, shapes=shapes, batch=1)
+    rows = report["rows"]
+    assert [row["cpu_choice"] for row in rows] == ["im2col", "XLA", "im2col"]
+    forward = {"XLA NHWC float32", "XLA NCHW bfloat16", "im2col float32", "torch NCHW float32"}
+    for row in rows:
+        assert forward <= set(row["ms"]) and all(ms > 0 for ms in row["ms"].values())
+    assert {"XLA gradients (xw)", "im2col gradients (xw)", "torch forward + gradients"} <= set(
+        rows[0]["ms"]
+    )
+    assert "XLA gradients (w)" in rows[2]["ms"] and "XLA gradients (xw)" not in rows[1]["ms"]
+    table = resnet_convolutions.markdown(report)
+    assert table.count("| small 3x3 |") == 2 and table.count("| big 3x3 |") == 1
+
+
 def test_mlp_gemm_floor_computes_the_steps_products():
     widths, batch = (6, 5, 3), 4
     forward, weight_grads, input_grads = step_times.mlp_gemm_floor_runner(widths, batch, 1)()
@@ -187,7 +207,8 @@ def test_quick_mode_writes_every_row(tmp_path):
     report = json.loads(json_path.read_text())
     rows = report["rows"]
     assert {row["task"] for row in rows} == set(TASKS)
-    assert len([r for r in rows if r["task"] == "resnet18_step"]) == 2
+    resnet = [r["variant"] for r in rows if r["task"] == "resnet18_step"]
+    assert len(resnet) == 4 and sum("XLA convolutions" in v for v in resnet) == 2
     for row in rows:
         assert all(key in row for key in step_times.REQUIRED_KEYS)
         assert row["jaxcal_ms"] > 0 and row["jaxcal_first_call_ms"] > 0

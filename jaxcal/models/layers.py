@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flax import nnx
 
+from jaxcal.models.im2col import conv_function_for_backend
+
 
 def conv2d(
     in_features: int,
@@ -15,7 +17,12 @@ def conv2d(
     *,
     kernel_init: nnx.Initializer,
 ) -> nnx.Conv:
-    """A bias-free square convolution with torch's explicit symmetric padding (NHWC)."""
+    """A bias-free square convolution with torch's explicit symmetric padding (NHWC).
+
+    Lowered for the default backend: on CPU the 1x1 convolutions and those of small maps run
+    as im2col + GEMM (`jaxcal.models.im2col.conv_general_dilated_for_cpu`), elsewhere as
+    XLA's convolution. The parameters are nnx.Conv's either way.
+    """
     return nnx.Conv(
         in_features,
         out_features,
@@ -24,6 +31,7 @@ def conv2d(
         padding=((padding, padding), (padding, padding)),
         use_bias=False,
         kernel_init=kernel_init,
+        conv_general_dilated=conv_function_for_backend(),
         rngs=rngs,
     )
 
