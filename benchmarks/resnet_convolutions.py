@@ -5,7 +5,8 @@ convolution of ResNet18 at 224x224 (batch 8), times, interleaved after warm-up: 
 pass as XLA's convolution in NHWC and NCHW, float32 and bfloat16, as `im2col_conv`, and as
 torch's `Conv2d`; for layer4's convolutions (the trainable ones of a layer4+head fine-tune)
 also the gradients (input and kernel; kernel only where the input is layer3's frozen output).
-The im2col result is checked against XLA's before timing.
+The im2col result is checked against XLA's before timing. Every timed sample follows one
+untimed call of the same variant, so that no variant pays for following another.
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ def run(quick: bool = False, shapes: tuple[Shape, ...] = SHAPES, batch: int = 8)
     repeats, number = (3, 1) if quick else (7, 2)
     rows = []
     for seed, shape in enumerate(shapes):
-        samples = time_interleaved(_runs(shape, batch, seed), repeats=repeats, number=number)
+        runs = _runs(shape, batch, seed)
+        samples = time_interleaved(runs, repeats=repeats, number=number, settle=1)
         times = {name: median(values) for name, values in samples.items()}
         rows.append(
             {

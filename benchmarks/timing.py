@@ -19,18 +19,22 @@ def time_interleaved(
     repeats: int,
     number: int = 1,
     warmup: int = 1,
+    settle: int = 0,
 ) -> dict[str, list[float]]:
     """Times several workloads in turn, so that load on a shared machine hits them alike.
 
     Every `run()` must do its work and wait for it (`block_until_ready` for JAX, nothing for
     eager torch). Each run is first called `warmup` times untimed; then, `repeats` times, each
-    run in turn (A B A B ...) is called `number` times in a row and timed.
+    run in turn (A B A B ...) is called `settle` times untimed and then `number` times in a row
+    and timed. `settle` > 0 takes out what a run pays for following another (caches, thread
+    pools still busy), for comparing single operations rather than workloads as they come.
 
     Args:
         runs: name -> zero-argument callable doing one unit of work (one step, one epoch, ...).
         repeats: timed rounds (>= 1).
         number: calls per timed sample (>= 1); the sample is their mean.
         warmup: untimed calls of each run before the first round (>= 0).
+        settle: untimed calls of each run right before its timed calls, every round (>= 0).
 
     Returns:
         name -> [repeats] milliseconds per call, in round order.
@@ -41,6 +45,7 @@ def time_interleaved(
         ("repeats", repeats, 1),
         ("number", number, 1),
         ("warmup", warmup, 0),
+        ("settle", settle, 0),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
@@ -53,6 +58,8 @@ def time_interleaved(
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
+            for _ in range(settle):
+                run()
             start = time.perf_counter()
             for _ in range(number):
                 run()

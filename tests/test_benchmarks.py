@@ -37,6 +37,9 @@ def test_time_interleaved_warms_up_then_alternates():
     assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
     assert set(samples) == {"a", "b"}
     assert all(len(v) == 3 and all(ms >= 0 for ms in v) for v in samples.values())
+    calls.clear()
+    timing.time_interleaved(runs, repeats=2, number=1, warmup=0, settle=1)
+    assert calls == ["a", "a", "b", "b"] * 2
 
 
 @pytest.mark.parametrize(
@@ -46,6 +49,7 @@ def test_time_interleaved_warms_up_then_alternates():
         ({"runs": {"a": print}, "repeats": 0}, "repeats"),
         ({"runs": {"a": print}, "repeats": 1, "number": 0}, "number"),
         ({"runs": {"a": print}, "repeats": 1, "warmup": -1}, "warmup"),
+        ({"runs": {"a": print}, "repeats": 1, "settle": -1}, "settle"),
     ],
 )
 def test_time_interleaved_rejects_bad_arguments(kwargs, match):
