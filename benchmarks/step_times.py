@@ -28,6 +28,7 @@ from jaxcal import calibration, train
 from jaxcal.data import transforms
 from jaxcal.models import MLP, LeNet5, ResNet18
 from jaxcal.models.conv import PatchConv, steps_per_call_for
+from jaxcal.models.im2col import use_xla_convolutions
 
 REQUIRED_KEYS = ("task", "jaxcal_ms", "reference", "reference_ms", "speedup")
 
@@ -347,18 +348,6 @@ def bench_mlp_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[
     return rows
 
 
-def with_xla_convolutions(model: nnx.Module) -> nnx.Module:
-    """`model` with every `nnx.Conv` lowered by `lax.conv_general_dilated` (in place).
-
-    jaxcal's ResNet18 lowers its late-stage convolutions as im2col + GEMM on CPU
-    (`jaxcal.models.im2col`); this is the same model with XLA's convolutions throughout.
-    """
-    for _, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Conv):
-            node.conv_general_dilated = jax.lax.conv_general_dilated
-    return model
-
-
 def bench_resnet18_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
     """ResNet18 at 224: head-only (1 logit, Adam 1e-3) and layer4+head (2 classes, Adam 1e-5).
 
@@ -384,7 +373,7 @@ def bench_resnet18_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[
                 num_classes,
                 batches=2,
             )
-            for suffix, build in (("", lambda m: m), (", XLA convolutions", with_xla_convolutions))
+            for suffix, build in (("", lambda m: m), (", XLA convolutions", use_xla_convolutions))
         }
         reference = (
             None

@@ -15,6 +15,7 @@ from jaxcal.models.im2col import (
     conv_general_dilated_for_cpu,
     im2col_conv,
     im2col_is_faster,
+    use_xla_convolutions,
 )
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -196,13 +197,6 @@ def test_im2col_is_faster_threshold_and_backend_choice():
         conv_function_for_backend("")
 
 
-def _with_xla_convolutions(model):
-    for _, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Conv):
-            node.conv_general_dilated = jax.lax.conv_general_dilated
-    return model
-
-
 @pytest.mark.parametrize("build", [ResNet18, DenseNet121])
 def test_torchvision_models_lower_every_convolution_for_the_backend(build):
     model = nnx.eval_shape(lambda: build(num_classes=2, rngs=nnx.Rngs(0)))
@@ -211,9 +205,18 @@ def test_torchvision_models_lower_every_convolution_for_the_backend(build):
     assert all(conv.conv_general_dilated is conv_function_for_backend() for conv in convs)
 
 
+def test_use_xla_convolutions_switches_every_conv_and_checks_its_argument():
+    model = use_xla_convolutions(nnx.eval_shape(lambda: ResNet18(num_classes=2, rngs=nnx.Rngs(0))))
+    convs = [node for _, node in nnx.iter_graph(model) if isinstance(node, nnx.Conv)]
+    assert len(convs) == 20
+    assert all(conv.conv_general_dilated is jax.lax.conv_general_dilated for conv in convs)
+    with pytest.raises(TypeError, match="model must be an nnx.Module, got dict"):
+        use_xla_convolutions({})
+
+
 def test_resnet18_logits_and_gradients_equal_the_xla_convolution_model():
     model = ResNet18(num_classes=3, rngs=nnx.Rngs(0))
-    ref = _with_xla_convolutions(ResNet18(num_classes=3, rngs=nnx.Rngs(0)))
+    ref = use_xla_convolutions(ResNet18(num_classes=3, rngs=nnx.Rngs(0)))
     x = random((2, 64, 64, 3), 5)
 
     def loss_and_grads(m):
