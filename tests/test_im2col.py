@@ -183,6 +183,14 @@ def test_cpu_function_sends_what_im2col_does_not_cover_to_xla():
         )
     )(random((1, 6, 6, 2), 0), random((2, 2, 2, 3), 1))
     assert "conv_general_dilated" in {e.primitive.name for e in dilated.eqns}
+    cropped = conv_general_dilated_for_cpu(  # negative padding crops: XLA's, not im2col's
+        random((1, 6, 6, 2), 0),
+        random((3, 3, 2, 3), 1),
+        (1, 1),
+        ((-1, 0), (0, 0)),
+        dimension_numbers=NHWC,
+    )
+    assert cropped.shape == (1, 3, 4, 3)
 
 
 def test_im2col_is_faster_threshold_and_backend_choice():

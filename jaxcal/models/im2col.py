@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# The largest output map (pixels per image) for which im2col beat XLA:CPU's convolution for
-# every 3x3 convolution of ResNet18 (batch 8, AMD EPYC, forward and gradients): 14 x 14.
-# 1x1 convolutions are a plain (strided) matmul and always go to im2col.
+# The largest output map (pixels per image) where im2col keeps up with XLA:CPU's convolution
+# for ResNet18's 3x3 convolutions (batch 8, AMD EPYC): level at 14 x 14 (layer3), faster at
+# 7 x 7, forward and above all gradients; 2-3x slower at 28 x 28 and up. 1x1 convolutions are
+# a plain (strided) matmul and always go to im2col (`benchmarks/resnet_convolutions.py`).
 IM2COL_MAX_OUTPUT_PIXELS = 14 * 14
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -37,13 +38,25 @@ def _padding_pairs(
     spatial: tuple[int, int],
     window: tuple[int, int],
     strides: tuple[int, int],
-) -> tuple[tuple[int, int], ...]:
+) -> tuple[tuple[int, int], ...] | None:
+    """((top, bottom), (left, right)), or None when `padding` is not two pairs of ints >= 0."""
     if isinstance(padding, str):
         return tuple(jax.lax.padtype_to_pads(spatial, window, strides, padding))
-    pairs = tuple(tuple(int(p) for p in pair) for pair in padding)
+    try:
+        pairs = tuple(tuple(int(p) for p in pair) for pair in padding)
+    except TypeError:
+        return None
     if len(pairs) != 2 or any(len(pair) != 2 or min(pair) < 0 for pair in pairs):
-        raise ValueError(f"padding must be a string or two (low, high) pairs >= 0, got {padding}")
+        return None
     return pairs
+
+
+def _output_size(spatial, window, strides, pairs) -> tuple[int, int]:
+    """(Ho, Wo) of a convolution; < 1 when the window does not fit the padded input."""
+    return tuple(
+        (size + low + high - k) // stride + 1
+        for size, k, stride, (low, high) in zip(spatial, window, strides, pairs, strict=True)
+    )
 
 
 def _unsupported(lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, extra):
@@ -110,8 +123,13 @@ def im2col_conv(
     n, h, w, cin = lhs.shape
     kh, kw, _, cout = rhs.shape
     sh, sw = (int(s) for s in window_strides)
-    (top, bottom), (left, right) = _padding_pairs(padding, (h, w), (kh, kw), (sh, sw))
-    ho, wo = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+    pairs = _padding_pairs(padding, (h, w), (kh, kw), (sh, sw))
+    if pairs is None:
+        raise ValueError(
+            f"im2col_conv: padding must be a string or two (low, high) pairs >= 0, got {padding}"
+        )
+    (top, bottom), (left, right) = pairs
+    ho, wo = _output_size((h, w), (kh, kw), (sh, sw), pairs)
     if ho < 1 or wo < 1:
         raise ValueError(
             f"im2col_conv: kernel {kh}x{kw} is larger than the padded input "
@@ -157,20 +175,19 @@ def conv_general_dilated_for_cpu(
     """`lax.conv_general_dilated`, lowered as `im2col_conv` where that is faster on CPU.
 
     Decided per convolution from its static shapes (`im2col_is_faster`); anything im2col does
-    not cover (other layouts, dilation, groups) goes to `lax.conv_general_dilated`.
+    not cover (other layouts, dilation, groups, negative padding) goes to
+    `lax.conv_general_dilated`.
     """
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
-    if (
+    covered = (
         _unsupported(lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, extra)
         is None
         and lhs.ndim == 4
         and rhs.ndim == 4
-    ):
-        (top, bottom), (left, right) = _padding_pairs(
-            padding, lhs.shape[1:3], rhs.shape[:2], tuple(window_strides)
-        )
-        ho = (lhs.shape[1] + top + bottom - rhs.shape[0]) // window_strides[0] + 1
-        wo = (lhs.shape[2] + left + right - rhs.shape[1]) // window_strides[1] + 1
+    )
+    pairs = covered and _padding_pairs(padding, lhs.shape[1:3], rhs.shape[:2], window_strides)
+    if pairs:
+        ho, wo = _output_size(lhs.shape[1:3], rhs.shape[:2], window_strides, pairs)
         if ho >= 1 and wo >= 1 and im2col_is_faster(ho * wo, tuple(rhs.shape[:2])):
             return im2col_conv(*args, feature_group_count, precision, **extra)
     return jax.lax.conv_general_dilated(
