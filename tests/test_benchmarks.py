@@ -13,6 +13,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import benchmarks
 from benchmarks import resnet_convolutions, step_times, timing
 from jaxcal import calibration
 from jaxcal.models import LeNet5
@@ -160,6 +161,9 @@ def test_mlp_gemm_floor_computes_the_steps_products():
 def test_torch_missing_is_reported_not_fatal(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     monkeypatch.delitem(sys.modules, "benchmarks.torch_reference", raising=False)
+    # An earlier import leaves the submodule as an attribute of the package, which
+    # `from benchmarks import torch_reference` would find without importing anything.
+    monkeypatch.delattr(benchmarks, "torch_reference", raising=False)
     module, reason = step_times.load_torch_reference()
     assert module is None and "torch" in reason
     tiny = step_times.BenchConfig(
