@@ -82,7 +82,7 @@ def _gradient(conv: Callable, grads: str) -> Callable:
     return jax.jit(jax.grad(lambda x, w, g: jnp.vdot(conv(x, w), g), argnums=argnums))
 
 
-def _torch_runs(shape: Shape, batch: int, x: np.ndarray, w: np.ndarray) -> dict[str, Callable]:
+def _torch_runs(shape: Shape, x: np.ndarray, w: np.ndarray) -> dict[str, Callable]:
     try:
         import torch
     except ImportError:
@@ -144,7 +144,7 @@ def _runs(shape: Shape, batch: int, seed: int) -> dict[str, Callable[[], Any]]:
             runs[f"{name} gradients ({shape.grads})"] = _waiting(
                 _gradient(conv, shape.grads), xj, wj, g
             )
-    runs.update(_torch_runs(shape, batch, x, w))
+    runs.update(_torch_runs(shape, x, w))
     return runs
 
 
