@@ -2,11 +2,12 @@
 
 Run `python -m benchmarks.resnet_convolutions [--quick] [--json PATH]`. For every distinct
 convolution of ResNet18 at 224x224 (batch 8), times, interleaved after warm-up: the forward
-pass as XLA's convolution in NHWC and NCHW, float32 and bfloat16, as `im2col_conv`, and as
-torch's `Conv2d`; for layer4's convolutions (the trainable ones of a layer4+head fine-tune)
-also the gradients (input and kernel; kernel only where the input is layer3's frozen output).
-The im2col result is checked against XLA's before timing. Every timed sample follows one
-untimed call of the same variant, so that no variant pays for following another.
+pass as XLA's convolution in NHWC and NCHW, float32 and bfloat16, as `im2col_conv`, as
+`winograd_conv` (3x3 stride 1 only) and as torch's `Conv2d`; for layer4's convolutions (the
+trainable ones of a layer4+head fine-tune) also the gradients (input and kernel; kernel only
+where the input is layer3's frozen output). The im2col and Winograd results are checked
+against XLA's before timing. Every timed sample follows one untimed call of the same
+variant, so that no variant pays for following another.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from benchmarks.timing import machine_info, median, time_interleaved
 from jaxcal.models.im2col import conv_general_dilated_for_cpu, im2col_conv
+from jaxcal.models.winograd import winograd_conv
 
 NHWC, NCHW = ("NHWC", "HWIO", "NHWC"), ("NCHW", "OIHW", "NCHW")
 
@@ -124,11 +126,16 @@ def _runs(shape: Shape, batch: int, seed: int) -> dict[str, Callable[[], Any]]:
     xj, wj = jnp.asarray(x), jnp.asarray(w)
     xla = jax.jit(lambda x, w: _xla(x, w, shape))
     ours = jax.jit(lambda x, w: _im2col(x, w, shape))
+    lowerings = {"im2col float32": ours}
+    if shape.kernel == 3 and shape.stride == 1:
+        pad = ((shape.padding, shape.padding),) * 2
+        lowerings["Winograd float32"] = jax.jit(lambda x, w: winograd_conv(x, w, pad))
     expected = xla(xj, wj)
     scale = float(jnp.abs(expected).max())
-    error = float(jnp.abs(ours(xj, wj) - expected).max()) / scale
-    if error > 1e-5:
-        raise AssertionError(f"{shape.name}: im2col differs from XLA by {error:.2e} (relative)")
+    for name, fn in lowerings.items():
+        error = float(jnp.abs(fn(xj, wj) - expected).max()) / scale
+        if error > 1e-5:
+            raise AssertionError(f"{shape.name}: {name} differs from XLA by {error:.2e}")
     runs = {"XLA NHWC float32": _waiting(xla, xj, wj)}
     for name, layout, dtype in (
         ("XLA NCHW float32", NCHW, jnp.float32),
@@ -137,7 +144,7 @@ def _runs(shape: Shape, batch: int, seed: int) -> dict[str, Callable[[], Any]]:
     ):
         fn = jax.jit(lambda x, w, layout=layout, dtype=dtype: _xla(x, w, shape, layout, dtype))
         runs[name] = _waiting(fn, xj, wj)
-    runs["im2col float32"] = _waiting(ours, xj, wj)
+    runs.update({name: _waiting(fn, xj, wj) for name, fn in lowerings.items()})
     if shape.grads:
         g = jnp.ones_like(expected)
         for name, conv in (("XLA", lambda x, w: _xla(x, w, shape)), ("im2col", ours)):
@@ -178,7 +185,9 @@ def _cpu_choice(shape: Shape, batch: int) -> str:
         )
     )(x, w)
     names = {eqn.primitive.name for eqn in jaxpr.eqns}
-    return "XLA" if "conv_general_dilated" in names else "im2col"
+    if "conv_general_dilated" in names:
+        return "XLA"
+    return "Winograd" if "custom_vjp_call" in names else "im2col"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -189,6 +198,7 @@ def markdown(report: dict[str, Any]) -> str:
         "XLA NHWC bfloat16",
         "XLA NCHW bfloat16",
         "im2col float32",
+        "Winograd float32",
         "torch NCHW float32",
     ]
     lines = [

@@ -122,10 +122,11 @@ def test_resnet_convolution_rows_time_every_variant_and_name_the_cpu_choice():
         resnet_convolutions.Shape("small 3x3", 6, 3, 4, 3, 1, 1, "xw"),
         resnet_convolutions.Shape("big 3x3", 16, 3, 4, 3, 1, 1),
         resnet_convolutions.Shape("1x1/2", 8, 3, 4, 1, 2, 0, "w"),
+        resnet_convolutions.Shape("28x28 3x3", 28, 3, 4, 3, 1, 1),
     )
     report = resnet_convolutions.run(quick=True, shapes=shapes, batch=1)
     rows = report["rows"]
-    assert [row["cpu_choice"] for row in rows] == ["im2col", "XLA", "im2col"]
+    assert [row["cpu_choice"] for row in rows] == ["im2col", "XLA", "im2col", "Winograd"]
     forward = {"XLA NHWC float32", "XLA NCHW bfloat16", "im2col float32", "torch NCHW float32"}
     for row in rows:
         assert forward <= set(row["ms"]) and all(ms > 0 for ms in row["ms"].values())
@@ -133,6 +134,7 @@ def test_resnet_convolution_rows_time_every_variant_and_name_the_cpu_choice():
         rows[0]["ms"]
     )
     assert "XLA gradients (w)" in rows[2]["ms"] and "XLA gradients (xw)" not in rows[1]["ms"]
+    assert "Winograd float32" in rows[3]["ms"] and "Winograd float32" not in rows[2]["ms"]
     table = resnet_convolutions.markdown(report)
     assert table.count("| small 3x3 |") == 2 and table.count("| big 3x3 |") == 1
 

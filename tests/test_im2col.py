@@ -39,7 +39,9 @@ def ours(x, kernel, strides, padding):
 def assert_same_conv_and_gradients(x, kernel, strides, padding, seed):
     """Forward and both gradients of a random projection agree (jitted). Both sides sum
     K = kh * kw * C (forward, input gradient) or B * Ho * Wo (kernel gradient) float32
-    products of unit-scale numbers in different orders: error ~ sqrt(K) * eps * sqrt(K)."""
+    products of unit-scale numbers in different orders: error ~ sqrt(K) * eps * sqrt(K); the
+    input gradient sums kh * kw * O products. Outputs far above sqrt(K) (a few in 10^4) also
+    get rtol 4e-7, ~3 float32 ulps of their own size (seen: 2.3e-5 at 85 on one AMD EPYC)."""
     run = [jax.jit(lambda x, k, f=f: f(x, k, strides, padding)) for f in (ours, xla)]
     expected = run[1](x, kernel)
     k_terms = kernel.shape[0] * kernel.shape[1] * kernel.shape[2]
@@ -50,7 +52,10 @@ def assert_same_conv_and_gradients(x, kernel, strides, padding, seed):
         for f in run
     ]
     out_terms = expected.shape[0] * expected.shape[1] * expected.shape[2]
-    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=0, atol=4e-7 * k_terms + 1e-6)
+    x_terms = kernel.shape[0] * kernel.shape[1] * kernel.shape[3]
+    np.testing.assert_allclose(
+        grads[0][0], grads[1][0], rtol=4e-7, atol=4e-7 * max(k_terms, x_terms) + 1e-6
+    )
     np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=0, atol=4e-7 * out_terms + 1e-6)
 
 
@@ -146,16 +151,27 @@ def _primitives(fn, *args):
     return {eqn.primitive.name for eqn in jax.make_jaxpr(fn)(*args).eqns}
 
 
+def _lowering(fn, *args) -> str:
+    primitives = _primitives(fn, *args)
+    if "conv_general_dilated" in primitives:
+        return "xla"
+    return "winograd" if "custom_vjp_call" in primitives else "im2col"
+
+
 @pytest.mark.parametrize(
     "x_shape, k_shape, strides, lowered",
     [
-        ((2, 56, 56, 4), (3, 3, 4, 4), (1, 1), "conv_general_dilated"),  # 56 x 56 out
-        ((2, 28, 28, 4), (3, 3, 4, 4), (2, 2), "dot_general"),  # 14 x 14 out
-        ((2, 15, 15, 4), (3, 3, 4, 4), (1, 1), "conv_general_dilated"),  # 15 x 15 out
-        ((2, 56, 56, 4), (1, 1, 4, 4), (1, 1), "dot_general"),  # 1x1 kernel
+        ((2, 56, 56, 4), (3, 3, 4, 4), (1, 1), "winograd"),  # 56 x 56 out, 3x3 stride 1
+        ((2, 56, 56, 8), (3, 3, 8, 4), (1, 1), "xla"),  # fewer channels out than in
+        ((2, 56, 56, 4), (3, 3, 4, 4), (2, 2), "xla"),  # 28 x 28 out, stride 2
+        ((2, 28, 28, 4), (3, 3, 4, 4), (2, 2), "im2col"),  # 14 x 14 out
+        ((2, 15, 15, 4), (3, 3, 4, 4), (1, 1), "xla"),  # 15 x 15 out
+        ((2, 30, 30, 4), (3, 3, 4, 4), (1, 1), "winograd"),  # 30 x 30 out, odd tile count
+        ((2, 56, 56, 4), (5, 5, 4, 4), (1, 1), "xla"),  # 5x5 kernel
+        ((2, 56, 56, 4), (1, 1, 4, 4), (1, 1), "im2col"),  # 1x1 kernel
     ],
 )
-def test_cpu_function_chooses_by_output_size(x_shape, k_shape, strides, lowered):
+def test_cpu_function_chooses_by_shape(x_shape, k_shape, strides, lowered):
     x, kernel = random(x_shape, 0), random(k_shape, 1)
 
     def conv(x, k):
@@ -163,9 +179,7 @@ def test_cpu_function_chooses_by_output_size(x_shape, k_shape, strides, lowered)
             x, k, strides, ((1, 1), (1, 1)), dimension_numbers=NHWC, precision=HIGHEST
         )
 
-    assert lowered in _primitives(conv, x, kernel)
-    other = {"dot_general", "conv_general_dilated"} - {lowered}
-    assert not other & _primitives(conv, x, kernel)
+    assert _lowering(conv, x, kernel) == lowered
     np.testing.assert_allclose(
         conv(x, kernel), xla(x, kernel, strides, ((1, 1), (1, 1))), rtol=0, atol=2e-5
     )
@@ -225,7 +239,7 @@ def test_use_xla_convolutions_switches_every_conv_and_checks_its_argument():
 def test_resnet18_logits_and_gradients_equal_the_xla_convolution_model():
     model = ResNet18(num_classes=3, rngs=nnx.Rngs(0))
     ref = use_xla_convolutions(ResNet18(num_classes=3, rngs=nnx.Rngs(0)))
-    x = random((2, 64, 64, 3), 5)
+    x = random((2, 112, 112, 3), 5)  # layer1 28 x 28 (Winograd), layer3/4 7 and 4 (im2col)
 
     def loss_and_grads(m):
         def loss(m):
@@ -235,7 +249,7 @@ def test_resnet18_logits_and_gradients_equal_the_xla_convolution_model():
 
     (value, grads), (ref_value, ref_grads) = loss_and_grads(model), loss_and_grads(ref)
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
-    for name in ("layer4", "layer3", "conv1"):
+    for name in ("layer4", "layer3", "layer1", "conv1"):
         ours_g = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads[name])])
         ref_g = np.concatenate([np.ravel(g) for g in jax.tree.leaves(ref_grads[name])])
         assert np.abs(ours_g - ref_g).max() <= 1e-4 * np.abs(ref_g).max(), name

@@ -4,8 +4,9 @@ XLA:CPU (jaxlib 0.10) runs every convolution as a YNNPACK convolution and each g
 second one after a transposing copy of a whole activation or kernel. On the 7x7 and 14x14
 maps of ResNet18's last stages a patch matrix (k*k shifted, strided views side by side) and
 one matmul are faster, forward and above all backward; on large maps the patch matrix (k*k
-times the input) costs more than the convolution. `conv_general_dilated_for_cpu` chooses
-between the two per convolution from its shapes, at trace time.
+times the input) costs more than the convolution, and the 3x3 stride-1 convolutions of maps
+from 28x28 up go to Winograd (`jaxcal.models.winograd`). `conv_general_dilated_for_cpu`
+chooses among the three per convolution from its shapes, at trace time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from jaxcal.models.winograd import winograd_conv, winograd_is_faster
 
 # The largest output map (pixels per image) where im2col keeps up with XLA:CPU's convolution
 # for ResNet18's 3x3 convolutions (batch 8, AMD EPYC): level at 14 x 14 (layer3), faster at
@@ -172,11 +175,11 @@ def conv_general_dilated_for_cpu(
     precision: jax.lax.PrecisionLike = None,
     **extra: Any,
 ) -> jax.Array:
-    """`lax.conv_general_dilated`, lowered as `im2col_conv` where that is faster on CPU.
+    """`lax.conv_general_dilated`, lowered as `im2col_conv` or `winograd_conv` where faster on CPU.
 
-    Decided per convolution from its static shapes (`im2col_is_faster`); anything im2col does
-    not cover (other layouts, dilation, groups, negative padding) goes to
-    `lax.conv_general_dilated`.
+    Decided per convolution from its static shapes (`im2col_is_faster`, then
+    `winograd_is_faster`: the large-map 3x3 stride-1 convolutions); anything neither covers
+    (other layouts, dilation, groups, negative padding) goes to `lax.conv_general_dilated`.
     """
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
     covered = (
@@ -188,8 +191,11 @@ def conv_general_dilated_for_cpu(
     pairs = covered and _padding_pairs(padding, lhs.shape[1:3], rhs.shape[:2], window_strides)
     if pairs:
         ho, wo = _output_size(lhs.shape[1:3], rhs.shape[:2], window_strides, pairs)
-        if ho >= 1 and wo >= 1 and im2col_is_faster(ho * wo, tuple(rhs.shape[:2])):
+        kernel, strides = tuple(rhs.shape[:2]), tuple(int(s) for s in window_strides)
+        if ho >= 1 and wo >= 1 and im2col_is_faster(ho * wo, kernel):
             return im2col_conv(*args, feature_group_count, precision, **extra)
+        if ho >= 1 and wo >= 1 and winograd_is_faster(ho * wo, kernel, strides, *rhs.shape[2:]):
+            return winograd_conv(lhs, rhs, pairs, precision)
     return jax.lax.conv_general_dilated(
         *args, feature_group_count=feature_group_count, precision=precision, **extra
     )
