@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxcal.models.winograd import (
+    WINOGRAD_MAX_IN_CHANNELS,
     WINOGRAD_MIN_OUTPUT_PIXELS,
     winograd_conv,
     winograd_is_faster,
@@ -148,5 +149,7 @@ def test_winograd_is_faster_rule():
     assert winograd_is_faster(56 * 56, (3, 3), (1, 1), 64, 128)
     assert not winograd_is_faster(at_least - 1, (3, 3), (1, 1), 64, 64)
     assert not winograd_is_faster(56 * 56, (3, 3), (1, 1), 128, 32)  # DenseNet's 3x3
+    assert winograd_is_faster(at_least, (3, 3), (1, 1), WINOGRAD_MAX_IN_CHANNELS, 64)
+    assert not winograd_is_faster(at_least, (3, 3), (1, 1), 128, 128)  # ResNet18's layer2
     assert not winograd_is_faster(56 * 56, (3, 3), (2, 2), 64, 64)
     assert not winograd_is_faster(56 * 56, (5, 5), (1, 1), 64, 64)

@@ -20,8 +20,9 @@ def conv2d(
     """A bias-free square convolution with torch's explicit symmetric padding (NHWC).
 
     Lowered for the default backend: on CPU the 1x1 convolutions and those of small maps run
-    as im2col + GEMM (`jaxcal.models.im2col.conv_general_dilated_for_cpu`), elsewhere as
-    XLA's convolution. The parameters are nnx.Conv's either way.
+    as im2col + GEMM, the 3x3 stride-1 ones of large maps (with no fewer channels out than in)
+    as Winograd F(2x2, 3x3) (`jaxcal.models.im2col.conv_general_dilated_for_cpu`), elsewhere
+    as XLA's convolution. The parameters are nnx.Conv's either way.
     """
     return nnx.Conv(
         in_features,

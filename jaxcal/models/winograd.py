@@ -153,11 +153,13 @@ def _winograd_backward(pairs, precision, residuals, cotangent):
 _winograd.defvjp(_winograd_forward, _winograd_backward)
 
 
-# The smallest output map (pixels per image) where Winograd beat XLA:CPU's 3x3 convolution
-# (batch 8, AMD EPYC): about 2x at 56 x 56 (64 -> 64 channels), 1.1-1.2x at 28 x 28
-# (128 -> 128); level at 14 x 14, where im2col is chosen instead. With fewer output than input
-# channels (DenseNet-121's 128 -> 32) the 16 narrow GEMMs lost at 56 x 56 (30 vs 20 ms).
+# Where Winograd beat XLA:CPU's 3x3 convolution (AMD EPYC): 56 x 56 maps, 64 -> 64 channels,
+# 1.9-2.1x at batch 8 (1.5x at batch 2, 1.16x at 64). At 128 input channels the four
+# transformed copies of the input cost what the GEMMs save: 28 x 28, 128 -> 128 moved
+# between 0.88x and 1.2x over three runs; 56 x 56, 128 -> 32 (DenseNet-121) 0.65x; 14 x 14
+# maps are im2col's.
 WINOGRAD_MIN_OUTPUT_PIXELS = 28 * 28
+WINOGRAD_MAX_IN_CHANNELS = 64
 
 
 def winograd_is_faster(
@@ -167,10 +169,12 @@ def winograd_is_faster(
     in_channels: int,
     out_channels: int,
 ) -> bool:
-    """Whether Winograd beats XLA:CPU: 3x3 stride 1, maps from 28x28 up, no fewer channels out."""
+    """Whether Winograd beats XLA:CPU: 3x3 stride 1, maps from 28x28 up, at most 64 channels
+    in and no fewer out (ResNet18's layer1)."""
     return (
         tuple(kernel_size) == (3, 3)
         and tuple(strides) == (1, 1)
         and output_pixels >= WINOGRAD_MIN_OUTPUT_PIXELS
+        and in_channels <= WINOGRAD_MAX_IN_CHANNELS
         and out_channels >= in_channels
     )
