@@ -784,14 +784,14 @@ CHECK_CASES = [
 class TestHostValueChecks:
     """CPU inputs are checked in numpy; every outcome must equal the exact device pass."""
 
-    @pytest.mark.parametrize("xla_row_sums", [False, True])
+    @pytest.mark.parametrize("row_summary", [False, True])
     @pytest.mark.parametrize("float64", [False, True])
     @pytest.mark.parametrize(("scores", "labels", "from_logits"), CHECK_CASES)
     def test_host_checks_equal_device_checks(
-        self, monkeypatch, scores, labels, from_logits, float64, xla_row_sums
+        self, monkeypatch, scores, labels, from_logits, float64, row_summary
     ):
-        if xla_row_sums:
-            monkeypatch.setattr(_checks, "HOST_MATVEC_ENTRIES", 0)
+        if row_summary:  # [N, K] scores checked from their one-pass row statistics
+            monkeypatch.setattr(_checks, "ROW_SUMMARY_ENTRIES", 0)
         with jax.enable_x64(float64):
             scores = jnp.asarray(scores, jnp.float64 if float64 else jnp.float32)
             host = check_outcome(scores, labels, from_logits)
@@ -814,6 +814,69 @@ class TestHostValueChecks:
             _checks.check_scores_labels(
                 jnp.asarray(scores), jnp.asarray(labels), from_logits=from_logits
             )
+
+    def test_large_inputs_are_checked_from_one_row_summary(self, monkeypatch):
+        rng = np.random.default_rng(1)
+        z = rng.normal(size=(300, 10)).astype(np.float32)
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        y = rng.integers(0, 10, 300)
+        monkeypatch.setattr(_checks, "ROW_SUMMARY_ENTRIES", 100)
+        small = jnp.asarray(p[:5])  # 50 entries: numpy's checks, no summary
+        assert _checks.check_scores_labels_and_rows(small, y[:5], from_logits=False)[2] is None
+        monkeypatch.setattr(_checks, "_host_values_pass", None)  # neither numpy nor device pass
+        monkeypatch.setattr(_checks, "_value_summary", None)
+        for scores, from_logits in ((z, True), (p, False)):
+            _, _, rows = _checks.check_scores_labels_and_rows(
+                jnp.asarray(scores), jnp.asarray(y), from_logits=from_logits
+            )
+            np.testing.assert_array_equal(rows.max, scores.max(axis=1))
+            np.testing.assert_array_equal(rows.argmax, scores.argmax(axis=1))
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        hnp.arrays(
+            np.float32,
+            hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12),
+            elements=st.sampled_from([0.0, -0.0, 0.25, 0.5, 1.0, -3.0, np.inf, -np.inf, np.nan]),
+        )
+    )
+    def test_row_summary_equals_numpy(self, scores):
+        """Ties (the first column wins), signed zeros, infinities and NaN, row by row."""
+        rows = _checks.row_summary(jnp.asarray(scores))
+        nan_rows = np.isnan(scores).any(axis=1)
+        clean = ~nan_rows
+        np.testing.assert_array_equal(rows.max[clean], scores[clean].max(axis=1))
+        np.testing.assert_array_equal(rows.argmax[clean], scores[clean].argmax(axis=1))
+        np.testing.assert_array_equal(rows.min, scores.min(axis=1))  # NaN where a row has one
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_allclose(rows.sum, scores.astype(np.float64).sum(axis=1), rtol=1e-6)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+            expected = np.nanmax(np.where(np.isnan(scores), -np.inf, scores), axis=1)
+        np.testing.assert_array_equal(rows.max, expected)
+
+    @pytest.mark.parametrize("float64", [False, True])
+    @pytest.mark.parametrize("from_logits", [False, True])
+    def test_metrics_from_the_row_summary_equal_the_full_pass(
+        self, monkeypatch, from_logits, float64
+    ):
+        """`ece` and `reliability_bins` take row maxima and argmax from the checks' summary."""
+        rng = np.random.default_rng(2)
+        z = rng.normal(0.0, 3.0, (4_000, 10))
+        z[:50] = np.round(z[:50])  # ties between classes
+        scores = z if from_logits else np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        y = rng.integers(0, 10, 4_000)
+        with jax.enable_x64(float64):
+            scores = jnp.asarray(scores, jnp.float64 if float64 else jnp.float32)
+            kwargs = {"from_logits": from_logits, "num_bins": 20}
+            full = (ece(scores, y, **kwargs), reliability_bins(scores, y, **kwargs))
+            monkeypatch.setattr(_checks, "ROW_SUMMARY_ENTRIES", 0)
+            assert _checks.check_scores_labels_and_rows(scores, y, from_logits=from_logits)[2]
+            from_rows = (ece(scores, y, **kwargs), reliability_bins(scores, y, **kwargs))
+        tol = 0.0 if not from_logits else (1e-15 if float64 else 1e-6)
+        np.testing.assert_allclose(from_rows[0], full[0], rtol=tol, atol=tol)
+        for got, want in zip(from_rows[1], full[1], strict=True):
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
     def test_bits_of_probabilities(self):
         for dtype in (np.float32, np.float64):

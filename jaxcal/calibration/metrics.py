@@ -147,7 +147,12 @@ def _predictions(scores: jax.Array, from_logits: bool) -> jax.Array:
 
 
 def _confidence_and_target(
-    scores: jax.Array, labels: jax.Array, *, from_logits: bool, binary: str
+    scores: jax.Array,
+    labels: jax.Array,
+    *,
+    from_logits: bool,
+    binary: str,
+    rows: _checks.RowSummary | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The per-sample (confidence, target) pairs that a reliability diagram bins.
 
@@ -159,6 +164,10 @@ def _confidence_and_target(
       from_logits: whether `scores` are logits.
       binary: for [N] scores, "positive" (confidence p(y=1), target y) or "top_label"
         (confidence max(p, 1 - p), target prediction correct). Ignored for [N, K].
+      rows: for [N, K] scores, their `_checks.row_summary` if the value checks computed one:
+        its maxima and argmax spare a pass over the scores (probabilities then need none;
+        logits one, for the top probability 1 / sum_k exp(z_k - max_k z_k), which is exactly
+        what softmax then max gives, exp(0) being 1).
 
     Returns:
       confidence: [N] in [0, 1]; target: [N] in {0, 1}, both of the scores' float dtype.
@@ -166,6 +175,11 @@ def _confidence_and_target(
     dtype = scores.dtype
     if scores.ndim == 1 and binary == "positive":
         return _probabilities(scores, from_logits), labels.astype(dtype)
+    if scores.ndim == 2 and rows is not None:
+        confidence = rows.max
+        if from_logits:
+            confidence = 1.0 / jnp.sum(jnp.exp(scores - rows.max[:, None]), axis=-1)
+        return confidence, (rows.argmax == labels).astype(dtype)
     predicted = _predictions(scores, from_logits)
     if scores.ndim == 1:
         # sigmoid(|z|) keeps full precision for confident logits (1 - sigmoid(z) would not).
@@ -267,9 +281,9 @@ def _bin_statistics(
 
 
 @partial(jax.jit, static_argnames=("num_bins", "from_logits", "binary", "closed", "binning"))
-def _reliability_bins(scores, labels, num_bins, from_logits, binary, closed, binning):
+def _reliability_bins(scores, labels, num_bins, from_logits, binary, closed, binning, rows=None):
     confidence, target = _confidence_and_target(
-        scores, labels, from_logits=from_logits, binary=binary
+        scores, labels, from_logits=from_logits, binary=binary, rows=rows
     )
     edges = _edges(confidence, num_bins, binning)
     return _bin_statistics(confidence, target, edges, closed=closed, uniform=binning == "uniform")
@@ -309,8 +323,10 @@ def reliability_bins(
         under jit/vmap value checks are skipped).
     """
     num_bins = _check_bin_options(num_bins, binary, closed, binning)
-    scores, labels = _checks.check_scores_labels(scores, labels, from_logits=from_logits)
-    return _reliability_bins(scores, labels, num_bins, from_logits, binary, closed, binning)
+    scores, labels, rows = _checks.check_scores_labels_and_rows(
+        scores, labels, from_logits=from_logits
+    )
+    return _reliability_bins(scores, labels, num_bins, from_logits, binary, closed, binning, rows)
 
 
 @partial(jax.jit, static_argnames=("norm", "debiased"))
@@ -367,14 +383,15 @@ def calibration_error(
 
 
 @partial(jax.jit, static_argnames=("num_bins", "from_logits", "binary", "closed", "binning"))
-def _l1_error(scores, labels, num_bins, from_logits, binary, closed, binning):
+def _l1_error(scores, labels, num_bins, from_logits, binary, closed, binning, rows=None):
     """The ECE sum_b (n_b / N) |acc_b - conf_b| as sum_b |sum_{i in b} (c_i - t_i)| / N.
 
     One residual sum per bin (no counts, no separate confidence and target sums): a third of
     the scatter-adds of `_bin_statistics`, and no cancellation of two large per-bin sums.
+    `rows`: the [N, K] scores' RowSummary if the checks made one (see `_confidence_and_target`).
     """
     confidence, target = _confidence_and_target(
-        scores, labels, from_logits=from_logits, binary=binary
+        scores, labels, from_logits=from_logits, binary=binary, rows=rows
     )
     return _l1_from_pairs(confidence, target, num_bins, closed, binning)
 
@@ -433,8 +450,10 @@ def ece(
     _check_norm(norm, debiased)
     if norm == "l1":
         num_bins = _check_bin_options(num_bins, binary, closed, binning)
-        scores, labels = _checks.check_scores_labels(scores, labels, from_logits=from_logits)
-        return _l1_error(scores, labels, num_bins, from_logits, binary, closed, binning)
+        scores, labels, rows = _checks.check_scores_labels_and_rows(
+            scores, labels, from_logits=from_logits
+        )
+        return _l1_error(scores, labels, num_bins, from_logits, binary, closed, binning, rows)
     bins = reliability_bins(
         scores,
         labels,
