@@ -768,6 +768,7 @@ CHECK_CASES = [
     (np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([1, 0]), False),
     (np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([1, 0]), True),  # warns
     (np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([1, 2]), False),
+    (np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([1, 2**32 + 1]), False),  # not wrapped to 1
     (np.array([[0.2, 0.8 + 0.9 * ROW_ATOL], [0.6, 0.4]]), np.array([1, 0]), False),
     (np.array([[0.2, 0.8 + 0.9 * ROW_ATOL], [0.6, 0.4]]), np.array([1, 0]), True),  # warns
     (np.array([[0.2, 0.8 + 1.1 * ROW_ATOL], [0.6, 0.4]]), np.array([1, 0]), False),
@@ -815,7 +816,7 @@ class TestHostValueChecks:
                 jnp.asarray(scores), jnp.asarray(labels), from_logits=from_logits
             )
 
-    def test_large_inputs_are_checked_from_one_row_summary(self, monkeypatch):
+    def test_large_inputs_are_checked_in_one_device_pass(self, monkeypatch):
         rng = np.random.default_rng(1)
         z = rng.normal(size=(300, 10)).astype(np.float32)
         p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
@@ -823,14 +824,23 @@ class TestHostValueChecks:
         monkeypatch.setattr(_checks, "ROW_SUMMARY_ENTRIES", 100)
         small = jnp.asarray(p[:5])  # 50 entries: numpy's checks, no summary
         assert _checks.check_scores_labels_and_rows(small, y[:5], from_logits=False)[2] is None
-        monkeypatch.setattr(_checks, "_host_values_pass", None)  # neither numpy nor device pass
-        monkeypatch.setattr(_checks, "_value_summary", None)
+        monkeypatch.setattr(_checks, "_host_values_pass", None)  # the device pass only
         for scores, from_logits in ((z, True), (p, False)):
             _, _, rows = _checks.check_scores_labels_and_rows(
                 jnp.asarray(scores), jnp.asarray(y), from_logits=from_logits
             )
             np.testing.assert_array_equal(rows.max, scores.max(axis=1))
             np.testing.assert_array_equal(rows.argmax, scores.argmax(axis=1))
+
+    @pytest.mark.parametrize("row_summary", [False, True])
+    def test_int64_labels_are_checked_before_the_int32_cast(self, monkeypatch, row_summary):
+        if row_summary:
+            monkeypatch.setattr(_checks, "ROW_SUMMARY_ENTRIES", 0)
+        with jax.enable_x64(True):
+            labels = jnp.asarray([1, 2**32 + 1], jnp.int64)  # as int32 it would be 1
+            scores = jnp.asarray([[0.2, 0.8], [0.6, 0.4]])
+            with pytest.raises(ValueError, match="labels must be in \\[0, 1\\]"):
+                _checks.check_scores_labels(scores, labels, from_logits=False)
 
     @settings(max_examples=60, deadline=None)
     @given(
