@@ -65,12 +65,14 @@ class BenchConfig:
 
     @classmethod
     def quick(cls) -> BenchConfig:
-        """A run of a few minutes on 2 cores: fewer repeats, ResNet18 at batch 2."""
+        """A run of a few minutes on 2 cores: fewer repeats, ResNet18 at batch 2, quarter epochs."""
         return cls(
             repeats=5,
             step_number=5,
             resnet_batch=2,
             resnet_repeats=3,
+            epoch_train=2000,
+            epoch_val=500,
             epoch_repeats=2,
             big_sweep_samples=200_000,
         )
