@@ -138,13 +138,14 @@ def check_scores_labels_and_rows(
 ) -> tuple[jax.Array, jax.Array, "RowSummary | None"]:
     """`check_scores_labels`, also returning the RowSummary its value checks computed.
 
-    Large [N, K] scores on one CPU device are checked from their `row_summary` (one pass);
-    a caller that needs each row's maximum or argmax takes them from it instead of reading the
-    scores again.
+    Large [N, K] scores (and any on an accelerator) are checked in one device pass that
+    computes their `row_summary`; a caller that needs each row's maximum or argmax takes them
+    from it instead of reading the scores again.
 
     Returns:
       (scores, labels, rows): as `check_scores_labels`, and the [N, K] scores' RowSummary, or
-      None where the checks did not compute one (small, [N], traced or accelerator inputs).
+      None where the checks did not compute one ([N] scores, small CPU inputs cleared in numpy,
+      traced inputs).
     """
     scores, labels = _checked_shapes(scores, labels, from_logits, name)
     rows = None
@@ -306,7 +307,7 @@ def _extremes(lows: tuple, highs: tuple) -> tuple[tuple, tuple]:
     """(min over axis 0 of each of `lows`, max of each of `highs`) in one variadic reduce.
 
     XLA:CPU's plain min and max reductions (NaN-propagating) run at a fraction of a variadic
-    reduce's speed: 10^6 floats ~1.6 ms each, against ~0.1 ms for all five of `_value_summary`.
+    reduce's speed: over 10^6 floats ~1.6 ms each, against 0.2-0.6 ms for six together here.
     NaN propagates here too.
     """
     n = len(lows)
