@@ -233,10 +233,11 @@ class RowSummary(NamedTuple):
     """Per-row statistics of [N, K] scores, from one pass over them (`row_summary`).
 
     Attributes:
-      max: [N] the largest score of each row (NaN entries are skipped; `min` shows them).
-      argmax: [N] int32 column of the first largest score (`jnp.argmax` for NaN-free rows).
+      max: [N] the largest score of each row (unspecified for a row holding a NaN).
+      argmax: [N] int32 column of the first largest score, as `jnp.argmax` (unspecified for a
+        row holding a NaN).
       min: [N] the smallest score of each row, NaN where the row holds a NaN.
-      sum: [N] the row sums (NaN where the row holds a NaN).
+      sum: [N] the row sums, NaN where the row holds a NaN.
     """
 
     max: jax.Array
@@ -338,7 +339,7 @@ def _value_summary(
     if scores.ndim == 1:
         (low, lab_min), (high, lab_max) = _extremes((scores, labels), (scores, labels))
         return None, (low, high, jnp.zeros((), scores.dtype), lab_min, lab_max)
-    rows = row_summary(scores)  # rows.max skips NaN, rows.min and rows.sum do not
+    rows = row_summary(scores)  # a NaN shows in rows.min and rows.sum
     (low, sum_low, lab_min), (high, sum_high, lab_max) = _extremes(
         (rows.min, rows.sum, labels), (rows.max, rows.sum, labels)
     )
