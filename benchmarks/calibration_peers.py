@@ -323,11 +323,12 @@ def run(
     if unknown:
         raise ValueError(f"tasks must be among {sorted(BENCHES)}, got {unknown}")
     cfg = PeersConfig.quick() if quick else PeersConfig()
+    machine, start = timing.machine_info(), timing.cpu_counters()
     rows = []
     for task in tasks:
         rows.extend(BENCHES[task](cfg, log))
     return {
-        "machine": timing.machine_info(),
+        "machine": machine | timing.run_conditions(start),
         "config": {"quick": quick, "tasks": list(tasks), **dataclasses.asdict(cfg)},
         "rows": rows,
     }

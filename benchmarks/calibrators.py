@@ -22,7 +22,14 @@ import jax
 import numpy as np
 
 from benchmarks import calibrator_references as references
-from benchmarks.timing import first_call_ms, machine_info, median, time_interleaved
+from benchmarks.timing import (
+    cpu_counters,
+    first_call_ms,
+    machine_info,
+    median,
+    run_conditions,
+    time_interleaved,
+)
 from jaxcal import calibration
 
 REFERENCES: dict[str, tuple[str, Callable[..., references.Predictor]]] = {
@@ -160,6 +167,7 @@ def run(
     """Every requested method's rows (binary and multiclass where both apply) and the machine."""
     config = BenchConfig.quick() if quick else BenchConfig()
     report: dict[str, Any] = {"config": dataclasses.asdict(config), "machine": machine_info()}
+    start = cpu_counters()
     rows = []
     for method in methods or calibration.CALIBRATORS:
         for k in (None, config.classes):
@@ -170,6 +178,7 @@ def run(
                 log(f"{row['task']:>14} {method:>20} {row['input']:>14}: {row['speedup']}x")
                 rows.append(row)
     report["rows"] = rows
+    report["machine"] |= run_conditions(start)
     return report
 
 

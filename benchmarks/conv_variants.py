@@ -21,7 +21,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks.timing import first_call_ms, machine_info, median, time_interleaved
+from benchmarks.timing import (
+    cpu_counters,
+    first_call_ms,
+    machine_info,
+    median,
+    run_conditions,
+    time_interleaved,
+)
 from jaxcal.models.conv import PatchConv, max_pool_2x2
 
 Pool = Callable[[jax.Array], jax.Array]
@@ -229,6 +236,7 @@ VARIANTS: dict[str, tuple[Callable, Pool | None, str]] = {
 def run(quick: bool = False) -> dict[str, Any]:
     """Times every variant at batch 64 (and batch-size and scan effects); returns the report."""
     repeats, number = (5, 5) if quick else (11, 10)
+    machine, start = machine_info(), cpu_counters()
     runs: dict[str, Callable[[], Any]] = {}
     first: dict[str, float] = {}
     notes: dict[str, str] = {}
@@ -292,7 +300,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             }
         )
     return {
-        "machine": machine_info(),
+        "machine": machine | run_conditions(start),
         "repeats": repeats,
         "steps_per_sample": number,
         "torch": torch_reason or "ok",

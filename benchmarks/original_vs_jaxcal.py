@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.timing import machine_info
+from benchmarks.timing import cpu_counters, machine_info, run_conditions, steal_note
 from jaxcal import calibration, data
 from jaxcal.data import embedded
 
@@ -204,8 +204,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"The notebook's own LBFGS setting (lr=0.01, max_iter=50) stops at T = "
         f"{_cell(original, 'temperature_notebook_lbfgs')} instead of the converged "
         f"{_cell(original, 'temperature')}. {machine['cores']} cores ({machine['cpu']}), load "
-        f"average {machine['load_average_at_start']} at start, {report['load_average_at_end']} "
-        "at end.",
+        f"average {machine['load_average_at_start']} at start, {machine['load_average_at_end']} "
+        f"at end; {steal_note(machine)}.",
     ]
     return "\n".join(lines)
 
@@ -217,6 +217,7 @@ def run(seeds: Sequence[int], epochs: int) -> dict[str, Any]:
     threads = torch_reference.set_threads()
     machine = machine_info()
     machine["torch_threads"] = threads
+    start = cpu_counters()
     results: dict[str, list[RunResult]] = {"original": [], "jaxcal": []}
     for seed in seeds:
         results["original"].append(run_original(seed, epochs))
@@ -227,8 +228,7 @@ def run(seeds: Sequence[int], epochs: int) -> dict[str, Any]:
         "epochs": epochs,
         "num_bins": NUM_BINS,
         "images": "CIFAR-10 bird/cat, embedded subset: 983 train+val (80/20), 204 test",
-        "machine": machine,
-        "load_average_at_end": machine_info()["load_average_at_start"],
+        "machine": machine | run_conditions(start),
         "runs": {k: [dataclasses.asdict(r) for r in v] for k, v in results.items()},
         "summary": {k: dataclasses.asdict(summarize(v)) for k, v in results.items()},
     }

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.timing import machine_info, median, time_interleaved
+from benchmarks.timing import cpu_counters, machine_info, median, run_conditions, time_interleaved
 from jaxcal.models.im2col import conv_general_dilated_for_cpu, im2col_conv
 from jaxcal.models.winograd import winograd_conv
 
@@ -158,6 +158,7 @@ def _runs(shape: Shape, batch: int, seed: int) -> dict[str, Callable[[], Any]]:
 def run(quick: bool = False, shapes: tuple[Shape, ...] = SHAPES, batch: int = 8) -> dict:
     """Times every variant of every shape; returns the report."""
     repeats, number = (3, 1) if quick else (7, 2)
+    machine, start = machine_info(), cpu_counters()
     rows = []
     for seed, shape in enumerate(shapes):
         runs = _runs(shape, batch, seed)
@@ -171,7 +172,8 @@ def run(quick: bool = False, shapes: tuple[Shape, ...] = SHAPES, batch: int = 8)
                 "cpu_choice": _cpu_choice(shape, batch),
             }
         )
-    return {"machine": machine_info(), "repeats": repeats, "number": number, "rows": rows}
+    machine |= run_conditions(start)
+    return {"machine": machine, "repeats": repeats, "number": number, "rows": rows}
 
 
 def _cpu_choice(shape: Shape, batch: int) -> str:

@@ -23,7 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks.timing import first_call_ms, machine_info, median, time_interleaved
+from benchmarks.timing import (
+    cpu_counters,
+    first_call_ms,
+    machine_info,
+    median,
+    run_conditions,
+    steal_note,
+    time_interleaved,
+)
 from jaxcal import calibration, train
 from jaxcal.data import transforms
 from jaxcal.models import MLP, LeNet5, ResNet18
@@ -799,11 +807,12 @@ def run(
     cfg = config or (BenchConfig.quick() if quick else BenchConfig())
     machine = machine_info()
     machine["torch_threads"] = threads
+    start = cpu_counters()
     rows: list[dict[str, Any]] = []
     for task in tasks:
         log(f"{task} ...")
         rows.extend(TASKS[task](cfg, torch_ref))
-    machine["load_average_at_end"] = machine_info()["load_average_at_start"]
+    machine |= run_conditions(start)
     return {
         "machine": machine,
         "config": {"quick": quick, **dataclasses.asdict(cfg)},
@@ -818,7 +827,8 @@ def markdown(report: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
     lines = [
         f"{machine['cores']} cores ({machine['cpu']}), {machine['jax_backend']} backend; "
-        f"{versions}; torch: {report['torch']}; quick={report['config']['quick']}",
+        f"{versions}; torch: {report['torch']}; quick={report['config']['quick']}; "
+        f"{steal_note(machine)}",
         "",
         "| task | variant | jaxcal ms | first call ms | reference | reference ms | speedup |",
         "|---|---|---|---|---|---|---|",

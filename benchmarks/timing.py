@@ -8,9 +8,10 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from importlib import metadata
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def time_interleaved(
@@ -114,14 +115,10 @@ def machine_info() -> dict[str, Any]:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "load_average_at_start": load,
+        "load_average_at_start": _load_average(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "jax_backend": jax.default_backend(),
@@ -131,3 +128,81 @@ def machine_info() -> dict[str, Any]:
             for name in ("jax", "jaxlib", "flax", "optax", "numpy", "torch")
         },
     }
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# A run whose hypervisor took this share of the CPU time it wanted or more (other guests ran on
+# its cores) gets a warning: its times, and the ratios between them, are not comparable with
+# a quiet run's (measured here: 13-54 % steal under load slowed torch's LeNet step 3-40x).
+STEAL_WARNING = 0.05
+
+
+class CpuCounters(NamedTuple):
+    """The machine's cumulative CPU time in clock ticks, from the first line of /proc/stat.
+
+    Attributes:
+      busy: time running anything (user + nice + system + irq + softirq).
+      steal: time the hypervisor ran other guests while this machine's CPUs wanted to run.
+    """
+
+    busy: int
+    steal: int
+
+
+def cpu_counters(path: str | os.PathLike = "/proc/stat") -> CpuCounters | None:
+    """The machine's CPU counters now, or None where `path` is missing or unreadable."""
+    try:
+        with open(path) as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 5 or fields[0] != "cpu" or not all(f.isdigit() for f in fields[1:]):
+        return None
+    # user nice system idle iowait irq softirq steal (kernels before 2.6.11: the first four)
+    ticks = [int(f) for f in fields[1:9]] + [0] * (9 - len(fields))
+    user, nice, system, _, _, irq, softirq, steal = ticks
+    return CpuCounters(busy=user + nice + system + irq + softirq, steal=steal)
+
+
+def steal_share(start: CpuCounters | None, end: CpuCounters | None) -> float | None:
+    """The share of the CPU time the machine wanted from `start` to `end` (busy + steal) that
+    the hypervisor gave to other guests, in [0, 1]; None when a reading is missing or the
+    machine wanted none. Idle time does not dilute it: a one-thread run on a 2-core machine
+    that lost half its time reads 0.5."""
+    if start is None or end is None:
+        return None
+    stolen, busy = end.steal - start.steal, end.busy - start.busy
+    if stolen + busy <= 0:
+        return None
+    return round(stolen / (stolen + busy), 4)
+
+
+def run_conditions(start: CpuCounters | None, end: CpuCounters | None = None) -> dict[str, Any]:
+    """What the machine went through since `start` (a run's `cpu_counters()`), for its report.
+
+    Returns {"load_average_at_end", "cpu_steal_share"}, and warns when the steal share
+    reaches STEAL_WARNING: such a run's numbers should not be compared with a quiet one's.
+    """
+    share = steal_share(start, cpu_counters() if end is None else end)
+    if share is not None and share >= STEAL_WARNING:
+        warnings.warn(
+            f"the hypervisor took {share:.0%} of the CPU time this machine wanted during the run "
+            "(steal): "
+            "its times and ratios are not comparable with a quiet run's",
+            stacklevel=2,
+        )
+    return {"load_average_at_end": _load_average(), "cpu_steal_share": share}
+
+
+def steal_note(machine: Mapping[str, Any]) -> str:
+    """A report's steal share in words, for its Markdown."""
+    share = machine.get("cpu_steal_share")
+    if share is None:
+        return "CPU steal during the run: not measured"
+    return f"CPU steal during the run: {share:.1%}"

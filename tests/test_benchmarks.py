@@ -4,6 +4,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -233,4 +234,46 @@ def test_quick_mode_writes_every_row(tmp_path):
                 row["reference_repeated_ms"] / row["jaxcal_repeated_ms"], rel=1e-2
             )
     assert report["machine"]["cores"] >= 1 and report["machine"]["versions"]["jax"]
+    assert "cpu_steal_share" in report["machine"] and "load_average_at_end" in report["machine"]
     assert md_path.read_text().count("\n| ") == len(rows) + 1  # header + one line per row
+
+
+def _stat_file(tmp_path, name, line):
+    path = tmp_path / name
+    path.write_text(line + "\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    return path
+
+
+def test_steal_share_is_the_stolen_part_of_the_machines_cpu_time(tmp_path):
+    # user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
+    start = timing.cpu_counters(_stat_file(tmp_path, "a", "cpu  100 0 50 800 10 0 0 40 30 0"))
+    end = timing.cpu_counters(_stat_file(tmp_path, "b", "cpu  400 0 100 1000 10 0 0 190 90 0"))
+    assert start == timing.CpuCounters(busy=150, steal=40)  # idle and iowait left out
+    assert end == timing.CpuCounters(busy=500, steal=190)
+    assert timing.steal_share(start, end) == 150 / (150 + 350)
+    assert timing.steal_share(start, start) is None
+    assert timing.steal_share(None, end) is None and timing.steal_share(start, None) is None
+    old_kernel = timing.cpu_counters(_stat_file(tmp_path, "c", "cpu  1 2 3 4"))
+    assert old_kernel == timing.CpuCounters(busy=6, steal=0)
+
+
+@pytest.mark.parametrize("content", ["", "intr 1 2 3\n", "cpu  1 2 x 4 5 6 7 8\n"])
+def test_cpu_counters_none_without_a_readable_cpu_line(tmp_path, content):
+    path = tmp_path / "stat"
+    path.write_text(content)
+    assert timing.cpu_counters(path) is None
+    assert timing.cpu_counters(tmp_path / "missing") is None
+
+
+def test_run_conditions_record_the_steal_and_warn_when_it_is_high():
+    start = timing.CpuCounters(busy=1000, steal=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = timing.run_conditions(start, timing.CpuCounters(busy=1960, steal=40))
+    assert quiet["cpu_steal_share"] == 0.04 and "load_average_at_end" in quiet
+    with pytest.warns(UserWarning, match="took 30% of the CPU time this machine wanted"):
+        noisy = timing.run_conditions(start, timing.CpuCounters(busy=1700, steal=300))
+    assert noisy["cpu_steal_share"] == 0.3
+    assert timing.steal_note(noisy) == "CPU steal during the run: 30.0%"
+    assert timing.steal_note({}) == "CPU steal during the run: not measured"
+    assert timing.run_conditions(None)["cpu_steal_share"] is None

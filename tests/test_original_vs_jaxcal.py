@@ -57,8 +57,13 @@ def test_markdown_table_rows():
             "original": dataclasses.asdict(original),
             "jaxcal": dataclasses.asdict(jaxcal),
         },
-        "machine": {"cores": 2, "cpu": "cpu", "load_average_at_start": [1.0, 1.0, 1.0]},
-        "load_average_at_end": [2.0, 2.0, 2.0],
+        "machine": {
+            "cores": 2,
+            "cpu": "cpu",
+            "load_average_at_start": [1.0, 1.0, 1.0],
+            "load_average_at_end": [2.0, 2.0, 2.0],
+            "cpu_steal_share": 0.0123,
+        },
     }
     lines = ovj.markdown(report).splitlines()
     assert lines[0].startswith("| 2 seeds x 10 epochs | test accuracy")
@@ -68,6 +73,7 @@ def test_markdown_table_rows():
     )
     assert lines[3].startswith("| jaxcal | 0.700 ± 0.014 |")
     assert "T = 0.925 ± 0.035 instead of the converged 1.300 ± 0.141" in lines[5]
+    assert "[2.0, 2.0, 2.0] at end; CPU steal during the run: 1.2%." in lines[5]
 
 
 def test_bad_arguments_exit_with_the_option_name(capsys):
