@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
-from collections.abc import Mapping, Sequence
+import signal
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import jax
@@ -230,6 +233,10 @@ class RunCheckpoints:
         """
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
             raise ValueError(f"epoch must be an int >= 1, got {epoch!r}")
+        with _ctrl_c_held_back():
+            self._write(epoch, model_state, opt_state, step, meta, best_epoch)
+
+    def _write(self, epoch, model_state, opt_state, step, meta, best_epoch) -> None:
         self._manager.save(
             epoch,
             args=ocp.args.Composite(
@@ -452,3 +459,26 @@ def load_model(model: nnx.Module, path: str | pathlib.Path) -> nnx.Module:
         abstract = _nested({keys: _abstract(leaf) for keys, leaf in target.items()})
         restored = checkpointer.restore(path, args=ocp.args.StandardRestore(abstract))
     return _put_state(model, _restore_like(restored, like))
+
+
+@contextlib.contextmanager
+def _ctrl_c_held_back() -> Iterator[None]:
+    """Holds a Ctrl-C (SIGINT) back until the block ends, then delivers it as usual.
+
+    Orbax writes with worker threads; a KeyboardInterrupt raised in the middle of a save
+    leaves them running into the interpreter's shutdown ("cannot schedule new futures after
+    interpreter shutdown") and can keep the process from exiting. Held back, the interrupt
+    arrives once the checkpoint is complete. Off the main thread (which Python never
+    interrupts) the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    if received:
+        signal.raise_signal(signal.SIGINT)  # the previous handler's own response

@@ -8,6 +8,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +112,64 @@ def test_an_interrupted_save_is_never_restored(tmp_path):
         state = run.restore_model_state(3, nnx.state(model, nnx.Not(nnx.RngState)))
     nnx.update(model, state)
     assert_same_arrays(model_arrays(model), model_arrays(other))
+
+
+def test_ctrl_c_during_a_save_arrives_once_the_checkpoint_is_complete(tmp_path, monkeypatch):
+    model = TinyCNN(rngs=nnx.Rngs(0))
+    with checkpoint.RunCheckpoints(tmp_path) as run:
+        orbax_save, calls = run._manager.save, []
+
+        def interrupted_save(*args, **kwargs):
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while orbax writes
+            calls.append(signal.getsignal(signal.SIGINT))
+            return orbax_save(*args, **kwargs)
+
+        monkeypatch.setattr(run._manager, "save", interrupted_save)
+        with pytest.raises(KeyboardInterrupt):
+            run.save(
+                1,
+                model_state=nnx.state(model, nnx.Not(nnx.RngState)),
+                opt_state=opt_state_of(model),
+                step=1,
+                meta={"epoch": 1},
+                best_epoch=None,
+            )
+        assert len(calls) == 1 and calls[0] is not signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert run.epochs() == [1]
+        assert run.meta(1) == {"epoch": 1}
+    assert sorted(os.listdir(tmp_path)) == ["1"]
+
+
+def test_a_save_off_the_main_thread_leaves_ctrl_c_alone(tmp_path):
+    model = TinyCNN(rngs=nnx.Rngs(0))
+    handlers = []
+
+    def save():
+        with checkpoint.RunCheckpoints(tmp_path) as run:
+            run._manager.save = _recording(run._manager.save, handlers)
+            run.save(
+                1,
+                model_state=nnx.state(model, nnx.Not(nnx.RngState)),
+                opt_state=opt_state_of(model),
+                step=1,
+                meta={},
+                best_epoch=None,
+            )
+
+    worker = threading.Thread(target=save)
+    worker.start()
+    worker.join()
+    assert handlers == [signal.default_int_handler]
+    assert sorted(os.listdir(tmp_path)) == ["1"]
+
+
+def _recording(save, handlers):
+    def recorded(*args, **kwargs):
+        handlers.append(signal.getsignal(signal.SIGINT))
+        return save(*args, **kwargs)
+
+    return recorded
 
 
 # ---------------------------------------------------------------- mismatches
