@@ -114,7 +114,18 @@ def test_an_interrupted_save_is_never_restored(tmp_path):
     assert_same_arrays(model_arrays(model), model_arrays(other))
 
 
-def test_ctrl_c_during_a_save_arrives_once_the_checkpoint_is_complete(tmp_path, monkeypatch):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own SIGINT handler for the test: tools that ran earlier in this worker process
+    may have installed another."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_save_arrives_once_the_checkpoint_is_complete(
+    tmp_path, monkeypatch, python_ctrl_c
+):
     model = TinyCNN(rngs=nnx.Rngs(0))
     with checkpoint.RunCheckpoints(tmp_path) as run:
         orbax_save, calls = run._manager.save, []
@@ -141,7 +152,7 @@ def test_ctrl_c_during_a_save_arrives_once_the_checkpoint_is_complete(tmp_path, 
     assert sorted(os.listdir(tmp_path)) == ["1"]
 
 
-def test_a_save_off_the_main_thread_leaves_ctrl_c_alone(tmp_path):
+def test_a_save_off_the_main_thread_leaves_ctrl_c_alone(tmp_path, python_ctrl_c):
     model = TinyCNN(rngs=nnx.Rngs(0))
     handlers = []
 

@@ -163,15 +163,14 @@ def test_only_process_0_writes_reports(tmp_path, monkeypatch):
 def test_ctrl_c_says_where_the_last_checkpoint_is(tmp_path):
     out = tmp_path / "out"
     argv = ["--data", "synthetic", "--max-train", "2000", "--max-test", "48", "--epochs", "500"]
-    run = python(
-        "-m",
-        "experiments.birdcat",
-        *argv,
-        "--out",
-        str(out),
-        "--no-progress",
-        stderr=subprocess.PIPE,
+    # As from a terminal: a shell's background job (CI started with `&`) inherits an ignored
+    # SIGINT, and Python then installs no KeyboardInterrupt handler.
+    start = "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler)"
+    start += (
+        "; sys.argv[0] = 'birdcat'; runpy.run_module('experiments.birdcat', run_name='__main__')"
     )
+    args = [*argv, "--out", str(out), "--no-progress"]
+    run = python("-c", start, *args, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not (out / "checkpoints" / "1").is_dir():
         assert run.poll() is None and time.monotonic() < deadline
