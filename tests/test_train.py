@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxcal import train
+from jaxcal.train import steps
 
 # float32 tolerances: the same arithmetic fused differently by XLA differs in the last bits,
 # a few ulps of values of order 1 after several steps.
@@ -226,6 +227,27 @@ def test_epoch_batches_change_with_the_key():
 
 
 # ---------------------------------------------------------------- the jitted step
+
+
+@settings(max_examples=6, deadline=None)  # each shape compiles once per mode
+@given(st.integers(1, 40), st.integers(1, 12), st.sampled_from(["uint8", "float32"]), st.data())
+def test_batch_rows_copies_the_rows_a_gather_takes(n, b, dtype, data):
+    """The CPU row-copy loop and the gather both give images[index], repeats included."""
+    rng = np.random.default_rng(n * 100 + b)
+    shape = data.draw(st.sampled_from([(n, 4, 3, 2), (n, 7)]))
+    images = rng.integers(0, 256, shape).astype(dtype)
+    index = rng.integers(0, n, b).astype(np.int32)
+    for copy_rows in (True, False):
+        rows = jax.jit(lambda x, i, c=copy_rows: steps.batch_rows(x, i, copy_rows=c))
+        np.testing.assert_array_equal(rows(jnp.asarray(images), jnp.asarray(index)), images[index])
+
+
+def test_rows_are_copied_on_one_cpu_device_and_gathered_on_a_mesh():
+    assert jax.default_backend() == "cpu"
+    assert steps._copies_rows(None)
+    assert steps._copies_rows(train.make_mesh(jax.devices()[:1]))
+    # Several devices (the 8-device run below) keep the gather: a loop would copy the whole
+    # batch on every device before sharding it.
 
 
 def test_train_step_matches_a_plain_nnx_loop():
@@ -517,6 +539,8 @@ _DATA_PARALLEL = textwrap.dedent(
     from jaxcal import train
 
     assert jax.device_count() == 8, jax.devices()
+    from jaxcal.train import steps
+    assert not steps._copies_rows(train.make_mesh(jax.devices()))
     config = train.TrainConfig(epochs=2, batch_size=16, learning_rate=0.05, eval_batch_size=12)
     runs = {}
     for name, devices in (("one", jax.devices()[:1]), ("eight", jax.devices())):
