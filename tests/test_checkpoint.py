@@ -114,6 +114,18 @@ def test_an_interrupted_save_is_never_restored(tmp_path):
     assert_same_arrays(model_arrays(model), model_arrays(other))
 
 
+def _save_epoch(run, model, epoch, *, step=0, meta=None):
+    """`run.save` of `model`'s state and a fresh optimiser state as epoch `epoch`."""
+    run.save(
+        epoch,
+        model_state=nnx.state(model, nnx.Not(nnx.RngState)),
+        opt_state=opt_state_of(model),
+        step=step,
+        meta={} if meta is None else meta,
+        best_epoch=None,
+    )
+
+
 @pytest.fixture
 def python_ctrl_c():
     """Python's own SIGINT handler for the test: tools that ran earlier in this worker process
@@ -137,14 +149,7 @@ def test_ctrl_c_during_a_save_arrives_once_the_checkpoint_is_complete(
 
         monkeypatch.setattr(run._manager, "save", interrupted_save)
         with pytest.raises(KeyboardInterrupt):
-            run.save(
-                1,
-                model_state=nnx.state(model, nnx.Not(nnx.RngState)),
-                opt_state=opt_state_of(model),
-                step=1,
-                meta={"epoch": 1},
-                best_epoch=None,
-            )
+            _save_epoch(run, model, 1, step=1, meta={"epoch": 1})
         assert len(calls) == 1 and calls[0] is not signal.default_int_handler
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         assert run.epochs() == [1]
@@ -159,14 +164,7 @@ def test_a_save_off_the_main_thread_leaves_ctrl_c_alone(tmp_path, python_ctrl_c)
     def save():
         with checkpoint.RunCheckpoints(tmp_path) as run:
             run._manager.save = _recording(run._manager.save, handlers)
-            run.save(
-                1,
-                model_state=nnx.state(model, nnx.Not(nnx.RngState)),
-                opt_state=opt_state_of(model),
-                step=1,
-                meta={},
-                best_epoch=None,
-            )
+            _save_epoch(run, model, 1, step=1)
 
     worker = threading.Thread(target=save)
     worker.start()
@@ -188,14 +186,7 @@ def _recording(save, handlers):
 
 def _save_run(directory, model, epoch=1):
     with checkpoint.RunCheckpoints(directory) as run:
-        run.save(
-            epoch,
-            model_state=nnx.state(model, nnx.Not(nnx.RngState)),
-            opt_state=opt_state_of(model),
-            step=0,
-            meta={},
-            best_epoch=None,
-        )
+        _save_epoch(run, model, epoch)
 
 
 class Deeper(nnx.Module):
