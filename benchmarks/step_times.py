@@ -48,6 +48,11 @@ class BenchConfig:
     Attributes:
         repeats: timed rounds per task (the median is reported).
         step_number: steps per timed sample for the small step tasks.
+        step_settle: untimed steps before each timed sample of the small step tasks, so that
+            a sample times steps as a training loop runs them, back to back. The first step
+            after torch's block waits for its OpenMP threads, which spin on both cores for a
+            while after each parallel region: +4.5 ms on LeNet's ~5.5 ms step, +1.5-2.5 ms on
+            the MLP's ~3 ms; `OMP_WAIT_POLICY=PASSIVE` or settling calls take it out.
         resnet_batch: ResNet18 batch size (8 as the originals; smaller in quick mode).
         resnet_repeats: timed rounds for ResNet18.
         epoch_train: training images in `lenet_epoch` (the bird/cat split's 8,000).
@@ -61,6 +66,7 @@ class BenchConfig:
 
     repeats: int = 9
     step_number: int = 10
+    step_settle: int = 2
     resnet_batch: int = 8
     resnet_repeats: int = 5
     epoch_train: int = 8000
@@ -77,6 +83,7 @@ class BenchConfig:
         return cls(
             repeats=5,
             step_number=5,
+            step_settle=1,
             resnet_batch=2,
             resnet_repeats=3,
             epoch_train=2000,
@@ -124,12 +131,17 @@ def _row(
 
 
 def _time_all(
-    runs: dict[str, Callable[[], Any] | None], *, repeats: int, number: int = 1
+    runs: dict[str, Callable[[], Any] | None],
+    *,
+    repeats: int,
+    number: int = 1,
+    settle: int = 0,
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """First-call ms of each run, then interleaved samples of all; `None` runs are skipped."""
     runs = {name: run for name, run in runs.items() if run is not None}
     first = {name: first_call_ms(run) for name, run in runs.items()}
-    return time_interleaved(runs, repeats=repeats, number=number, warmup=2), first
+    samples = time_interleaved(runs, repeats=repeats, number=number, warmup=2, settle=settle)
+    return samples, first
 
 
 def _compare(
@@ -154,9 +166,12 @@ def _rows_against_reference(
     *,
     repeats: int,
     number: int = 1,
+    settle: int = 0,
 ) -> list[dict[str, Any]]:
     """One row per jaxcal variant, all timed interleaved with the one reference."""
-    samples, first = _time_all({**variants, "reference": reference}, repeats=repeats, number=number)
+    samples, first = _time_all(
+        {**variants, "reference": reference}, repeats=repeats, number=number, settle=settle
+    )
     return [
         _row(
             task,
@@ -253,6 +268,7 @@ def bench_lenet_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dic
         reference,
         repeats=cfg.repeats,
         number=cfg.step_number,
+        settle=cfg.step_settle,
     )
 
 
@@ -351,6 +367,7 @@ def bench_mlp_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[
         reference,
         repeats=cfg.repeats,
         number=cfg.step_number,
+        settle=cfg.step_settle,
     )
     floor_ms = rows[-1]["jaxcal_ms"]
     for row in rows[:-1]:

@@ -44,6 +44,31 @@ def test_time_interleaved_warms_up_then_alternates():
     assert calls == ["a", "a", "b", "b"] * 2
 
 
+def test_step_rows_settle_before_every_timed_sample():
+    # The small step rows time steps back to back: `step_settle` untimed calls of each run
+    # precede each of its timed samples, after the first call and the 2 warm-up calls.
+    calls = {"a": 0, "reference": 0}
+
+    def counted(name):
+        return lambda: calls.__setitem__(name, calls[name] + 1)
+
+    rows = step_times._rows_against_reference(
+        "lenet_step",
+        {"a": counted("a")},
+        "ref",
+        counted("reference"),
+        repeats=2,
+        number=3,
+        settle=2,
+    )
+    assert calls == {"a": 1 + 2 + 2 * (2 + 3), "reference": 1 + 2 + 2 * (2 + 3)}
+    assert [row["variant"] for row in rows] == ["a"]
+    assert (
+        step_times.BenchConfig().step_settle >= 1
+        and step_times.BenchConfig.quick().step_settle >= 1
+    )
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -55,7 +55,8 @@ def batch_rows(images: jax.Array, index: jax.Array, *, copy_rows: bool) -> jax.A
     With `copy_rows`, the rows are copied one at a time in a `fori_loop` of dynamic slices.
     As a gather, XLA:CPU fuses the lookup into the batch's consumers and redoes it for every
     element they read: LeNet-5's first patch matrix reads each pixel 9 times, and the fused
-    gather cost ~2.5 ms of CPU time in a ~12 ms train step. A loop's result is written once.
+    gather cost ~2.5 ms of CPU time in a ~12 ms train step with other VMs loading the host
+    (on a quiet host the two are within 4 %). A loop's result is written once.
     Elsewhere (accelerators, where a loop is one kernel launch per row; a sharded batch) the
     gather stays.
     """
