@@ -244,6 +244,8 @@ def test_augment_batch_compiles_once_per_shape_and_config():
         {"resized_crop_scale": (0.0, 1.0)},
         {"resized_crop_scale": (0.9, 0.8)},
         {"resized_crop_ratio": (2.0, 1.0)},
+        {"resized_crop_scale": [0.5]},
+        {"resized_crop_ratio": (0.5, 1.0, 2.0)},
         {"output_size": 0},
         {"rotation_degrees": -1.0},
         {"jitter": 1.0},
@@ -252,6 +254,15 @@ def test_augment_batch_compiles_once_per_shape_and_config():
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         AugmentConfig(**kwargs)
+
+
+def test_configs_compare_and_hash_by_value_whatever_the_pair_types():
+    # Pipelines, and the jitted steps cached on them, are keyed by these configs.
+    from_lists = AugmentConfig(resized_crop_scale=[0.5, 1], resized_crop_ratio=np.array([1, 2]))
+    from_tuples = AugmentConfig(resized_crop_scale=(0.5, 1.0), resized_crop_ratio=(1.0, 2.0))
+    assert from_lists == from_tuples and hash(from_lists) == hash(from_tuples)
+    assert from_lists.resized_crop_scale == (0.5, 1.0)
+    assert from_lists != AugmentConfig(resized_crop_scale=(0.5, 1.0))
 
 
 def test_bad_inputs_raise_before_work():

@@ -112,7 +112,24 @@ def test_preprocess_augments_only_with_a_key():
     assert not np.allclose(a, centred)
 
 
+def test_pipelines_built_alike_are_equal_and_compute_alike():
+    # Equal pipelines hash alike, so the train and eval steps cached on them compile once.
+    flip = AugmentConfig(flip=True)
+    a = make_preprocess(*CIFAR_MEAN_STD, augment=flip)
+    b = make_preprocess([0.5, 0.5, 0.5], np.full(3, 0.5), augment=AugmentConfig(flip=True))
+    assert a == b and hash(a) == hash(b)
+    assert a != make_preprocess(*CIFAR_MEAN_STD)
+    assert a != make_preprocess(*IMAGENET_MEAN_STD, augment=flip)
+    assert a != make_preprocess(*CIFAR_MEAN_STD, resize_to=16, augment=flip)
+    images = jnp.asarray(_uint8_images((4, 8, 8, 3)))
+    key = jax.random.key(1)
+    np.testing.assert_array_equal(a(images, key), b(images, key))
+    np.testing.assert_array_equal(a(images, None), b(images, None))
+
+
 def test_make_preprocess_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="mean must hold"):
+        make_preprocess((), ())
     with pytest.raises(ValueError, match="both mean and std"):
         make_preprocess((0.5,))
     with pytest.raises(ValueError, match="resize_to"):

@@ -50,6 +50,14 @@ class AugmentConfig:
             raise ValueError(f"crop_size must be a positive int or None, got {self.crop_size!r}")
         if not is_int(self.crop_padding) or self.crop_padding < 0:
             raise ValueError(f"crop_padding must be an int >= 0, got {self.crop_padding!r}")
+        # Pairs as float tuples: configs compare and hash by value (lists are accepted).
+        if self.resized_crop_scale is not None:
+            object.__setattr__(
+                self, "resized_crop_scale", _pair("resized_crop_scale", self.resized_crop_scale)
+            )
+        object.__setattr__(
+            self, "resized_crop_ratio", _pair("resized_crop_ratio", self.resized_crop_ratio)
+        )
         if self.resized_crop_scale is not None:
             lo, hi = self.resized_crop_scale
             if not 0.0 < lo <= hi <= 1.0:
@@ -363,3 +371,11 @@ def eval_transform(images: jax.Array, config: AugmentConfig) -> jax.Array:
         shape = (images.shape[0], config.output_size, config.output_size, images.shape[3])
         images = jax.image.resize(images, shape, method="linear", antialias=True)
     return images
+
+
+def _pair(name: str, values) -> tuple[float, float]:
+    """The (min, max) pair `values` as a tuple of two floats."""
+    pair = tuple(float(v) for v in values)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be a (min, max) pair, got {values!r}")
+    return pair

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
@@ -109,13 +110,15 @@ def make_preprocess(
     *,
     resize_to: int | None = None,
     augment: AugmentConfig | None = None,
-) -> Preprocess:
+) -> Pipeline:
     """Builds the on-device input pipeline the training engine calls inside its jitted step.
 
     The returned fn(images, key) converts uint8 to [0, 1] floats, resizes to resize_to, then
     augments with `augment` when key is given (training) or applies its deterministic
     evaluation counterpart when key is None (centre crop, plain resize, no flips), and
     finally normalises with mean/std (skipped when both are None, as in the MNIST originals).
+    Pipelines built with equal arguments compare equal, so the jitted steps built from them
+    (cached on the pipeline) compile once, e.g. across the seeds of a study.
 
     Args:
         mean, std: per-channel statistics, e.g. CIFAR_MEAN_STD or IMAGENET_MEAN_STD.
@@ -131,17 +134,40 @@ def make_preprocess(
         raise ValueError(f"resize_to must be a positive int or None, got {resize_to!r}")
     if augment is not None and not isinstance(augment, AugmentConfig):
         raise TypeError(f"augment must be an AugmentConfig or None, got {type(augment).__name__}")
+    if mean is not None:
+        mean, std = _channel_values("mean", mean), _channel_values("std", std)
+    return Pipeline(mean, std, resize_to, augment)
 
-    def preprocess(images: jax.Array, key: jax.Array | None = None) -> jax.Array:
+
+def _channel_values(name: str, values: Sequence[float]) -> tuple[float, ...]:
+    """`values` as a tuple of floats (hashable, so pipelines compare by value)."""
+    flat = np.asarray(values, dtype=np.float64).reshape(-1)
+    if flat.size == 0:
+        raise ValueError(f"{name} must hold one value per channel (or one value), got none")
+    return tuple(float(v) for v in flat)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """The input pipeline `make_preprocess` builds (see there); a `Preprocess`."""
+
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    resize_to: int | None
+    augment: AugmentConfig | None
+
+    def __call__(self, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
         if images.ndim != 4:
             raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
         x = to_float(images)
-        if resize_to is not None:
-            x = resize(x, resize_to)
-        if augment is not None:
-            x = eval_transform(x, augment) if key is None else augment_batch(x, key, augment)
-        if mean is not None:
-            x = normalize(x, mean, std)
+        if self.resize_to is not None:
+            x = resize(x, self.resize_to)
+        if self.augment is not None:
+            x = (
+                eval_transform(x, self.augment)
+                if key is None
+                else augment_batch(x, key, self.augment)
+            )
+        if self.mean is not None:
+            x = normalize(x, self.mean, self.std)
         return x
-
-    return preprocess
