@@ -250,6 +250,30 @@ def test_rows_are_copied_on_one_cpu_device_and_gathered_on_a_mesh():
     # batch on every device before sharding it.
 
 
+def test_runs_over_seeds_share_one_compiled_step():
+    """The seed's key is an argument of the compiled step, not a constant in it: a step for
+    another seed reuses the compiled program, draws other dropout masks, and a step for the
+    same seed again repeats the first exactly."""
+    images, labels = jnp.asarray(TRAIN[0]), jnp.asarray(TRAIN[1])
+    batches = train.epoch_batches(jax.random.key(3), 100, 16)
+
+    def one_step(seed):
+        config = train.TrainConfig(optimizer="sgd", learning_rate=0.1, seed=seed)
+        graphdef, state = train.create_train_state(TinyCNN(rngs=nnx.Rngs(0)), config)
+        before = steps._train_step.cache_info()
+        step = train.make_train_step(graphdef, config, scale)
+        _, metrics = step(state, images, labels, batches)
+        return float(metrics[0, 0]), before
+
+    first, _ = one_step(0)
+    other, before = one_step(1)
+    again, _ = one_step(0)
+    after = steps._train_step.cache_info()
+    assert after.misses == before.misses and after.hits == before.hits + 2
+    assert other != first
+    assert again == first
+
+
 def test_train_step_matches_a_plain_nnx_loop():
     """Six donated steps equal nnx.Optimizer + nnx.value_and_grad on the same batches, BatchNorm
     statistics included."""

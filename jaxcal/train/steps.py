@@ -243,7 +243,8 @@ def make_train_step(
       steps_per_call: steps fused with `lax.scan` in one call.
       mesh: when given, each batch is sharded over its "data" axis (data parallelism).
 
-    Calls with equal arguments return the same jitted function, so repeated runs compile once.
+    Calls with arguments that differ at most in `config.seed` (and in the fields a step does
+    not read) share one jitted function, so repeated runs and runs over seeds compile once.
 
     Returns:
       The step. Arguments: `images` [N, H, W, C] (any dtype), `labels` [N] int,
@@ -253,7 +254,8 @@ def make_train_step(
     check_int("steps_per_call", steps_per_call)
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config)}")
-    # Fields a step does not read are reset, so runs differing only in them share one step.
+    # Fields a step does not read are reset, so runs differing only in them share one step;
+    # the seed's key is an argument of the compiled step, so runs over seeds share it too.
     step_config = dataclasses.replace(
         config,
         epochs=1,
@@ -262,8 +264,15 @@ def make_train_step(
         eval_batch_size=1,
         steps_per_call=None,
         max_to_keep=1,
+        seed=0,
     )
-    return _train_step(graphdef, step_config, preprocess, steps_per_call, mesh)
+    compiled = _train_step(graphdef, step_config, preprocess, steps_per_call, mesh)
+    step_key, _ = base_keys(config.seed)
+
+    def step(state, images, labels, batches):
+        return compiled(state, images, labels, batches, step_key)
+
+    return step
 
 
 @functools.lru_cache(maxsize=16)
@@ -275,11 +284,12 @@ def _train_step(
     mesh: Mesh | None,
 ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
     tx = make_optimizer(config)
-    step_key, _ = base_keys(config.seed)
     batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
     copy_rows = _copies_rows(mesh)
 
-    def one_step(state: TrainState, images, labels, batches) -> tuple[TrainState, jax.Array]:
+    def one_step(
+        state: TrainState, images, labels, batches, step_key
+    ) -> tuple[TrainState, jax.Array]:
         row = state.step % batches.shape[0]
         index = jax.lax.dynamic_index_in_dim(batches, row, keepdims=False)
         if batch_sharding is not None:
@@ -306,12 +316,14 @@ def _train_step(
         new_state = TrainState(state.step + 1, params, rest, rngs, opt_state)
         return new_state, jnp.stack([loss, accuracy])
 
-    def step(state, images, labels, batches):
+    def step(state, images, labels, batches, step_key):
         if steps_per_call == 1:
-            state, metrics = one_step(state, images, labels, batches)
+            state, metrics = one_step(state, images, labels, batches, step_key)
             return state, metrics[None]
         return jax.lax.scan(
-            lambda s, _: one_step(s, images, labels, batches), state, length=steps_per_call
+            lambda s, _: one_step(s, images, labels, batches, step_key),
+            state,
+            length=steps_per_call,
         )
 
     return jax.jit(step, donate_argnums=0)
