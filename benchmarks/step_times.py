@@ -37,6 +37,7 @@ from jaxcal.data import transforms
 from jaxcal.models import MLP, LeNet5, ResNet18
 from jaxcal.models.conv import PatchConv, steps_per_call_for
 from jaxcal.models.im2col import use_xla_convolutions
+from jaxcal.train.loop import steps_dividing_the_epoch
 
 REQUIRED_KEYS = ("task", "jaxcal_ms", "reference", "reference_ms", "speedup")
 
@@ -443,7 +444,7 @@ def bench_lenet_epoch(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[di
         return epoch
 
     model = LeNet5.birdcat(rngs=nnx.Rngs(0))
-    fused = steps_per_call_for(model)
+    fused = steps_dividing_the_epoch(steps_per_call_for(model), cfg.epoch_train // 64)
     unfused = dataclasses.replace(config, steps_per_call=1)
     variants = {
         f"jaxcal LeNet5 ({_lowering(model)}), train.fit, {fused} steps per call": epoch_of(model),

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxcal import train
-from jaxcal.train import steps
+from jaxcal.train import loop, steps
 
 # float32 tolerances: the same arithmetic fused differently by XLA differs in the last bits,
 # a few ulps of values of order 1 after several steps.
@@ -248,6 +248,62 @@ def test_rows_are_copied_on_one_cpu_device_and_gathered_on_a_mesh():
     assert steps._copies_rows(train.make_mesh(jax.devices()[:1]))
     # Several devices (the 8-device run below) keep the gather: a loop would copy the whole
     # batch on every device before sharding it.
+
+
+@pytest.mark.parametrize(
+    "preferred, steps_per_epoch, expected",
+    [
+        (8, 12, 6),
+        (8, 125, 5),
+        (8, 16, 8),
+        (8, 13, 8),
+        (8, 9, 8),
+        (8, 3, 3),
+        (1, 7, 1),
+        (16, 20, 10),
+    ],
+)
+def test_automatic_steps_per_call_divide_the_epoch_when_they_can(
+    preferred, steps_per_epoch, expected
+):
+    assert loop.steps_dividing_the_epoch(preferred, steps_per_epoch) == expected
+
+
+def test_steps_dividing_the_epoch_rejects_bad_counts():
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        loop.steps_dividing_the_epoch(8, 0)
+    with pytest.raises(TypeError, match="preferred"):
+        loop.steps_dividing_the_epoch(8.0, 12)
+
+
+def test_fit_with_12_steps_an_epoch_compiles_no_single_step(monkeypatch):
+    """An MLP on CPU prefers 8 steps per call; with 12 steps an epoch `fit` fuses 6, so no
+    single-step program runs, and an explicit `steps_per_call` is kept as given."""
+    made = []
+
+    def recording(graphdef, config, preprocess=None, *, steps_per_call=1, mesh=None):
+        step = steps.make_train_step(
+            graphdef, config, preprocess, steps_per_call=steps_per_call, mesh=mesh
+        )
+        calls = [steps_per_call, 0]
+        made.append(calls)
+
+        def counted(*args):
+            calls[1] += 1
+            return step(*args)
+
+        return counted
+
+    monkeypatch.setattr(loop, "make_train_step", recording)
+    images, labels = make_data(12 * 8)
+    for steps_per_call, expected in ((None, [[6, 4], [1, 0]]), (8, [[8, 2], [1, 8]])):
+        made.clear()
+        config = train.TrainConfig(epochs=2, batch_size=8, steps_per_call=steps_per_call)
+        history = train.fit(
+            TinyMLP(rngs=nnx.Rngs(0)), (images, labels), config=config, progress=False
+        )
+        assert history.epochs_run == 2 and history.steps_per_epoch == 12
+        assert made == expected
 
 
 def test_runs_over_seeds_share_one_compiled_step():
@@ -563,7 +619,7 @@ _DATA_PARALLEL = textwrap.dedent(
     from jaxcal import train
 
     assert jax.device_count() == 8, jax.devices()
-    from jaxcal.train import steps
+    from jaxcal.train import loop, steps
     assert not steps._copies_rows(train.make_mesh(jax.devices()))
     config = train.TrainConfig(epochs=2, batch_size=16, learning_rate=0.05, eval_batch_size=12)
     runs = {}

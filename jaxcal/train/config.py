@@ -42,7 +42,8 @@ class TrainConfig:
       steps_per_call: training steps fused into one jitted call with `lax.scan`. None picks
         per backend and model (`jaxcal.models.conv.steps_per_call_for`): 8, except 1 on CPU
         for models with XLA convolutions (XLA:CPU compiles their gradients inside loops into
-        slow kernels).
+        slow kernels); then a divisor of the epoch's steps down to half that, when there is
+        one, so no second program runs the steps left over (`loop.steps_dividing_the_epoch`).
       max_to_keep: how many latest epoch checkpoints to keep (the best one is kept besides).
     """
 

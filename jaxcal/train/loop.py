@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from jaxcal import checkpoint
-from jaxcal._checks import check_callable
+from jaxcal._checks import check_callable, check_int
 from jaxcal.data.transforms import Preprocess
 from jaxcal.models import conv
 from jaxcal.train.config import History, TrainConfig
@@ -107,8 +107,9 @@ def fit(
             state, history, start_epoch = _start(
                 run, resume, graphdef, state, history, config, (int(data[0].shape[0]), run_info)
             )
-        fused = config.steps_per_call or conv.steps_per_call_for(
-            model, mesh.devices.flat[0].platform
+        fused = config.steps_per_call or steps_dividing_the_epoch(
+            conv.steps_per_call_for(model, mesh.devices.flat[0].platform),
+            history.steps_per_epoch,
         )
         loop = _EpochLoop(
             graphdef, config, preprocess, mesh, data, val_data, (run, run_info), fused
@@ -185,6 +186,24 @@ def _restore_model(
     nnx.update(model, run.restore_model_state(epoch, nnx.state(model, nnx.Not(nnx.RngState))))
     _, params, rest, _ = split_state(model, config.trainable)
     return dataclasses.replace(like, params=params, rest=rest)
+
+
+def steps_dividing_the_epoch(preferred: int, steps_per_epoch: int) -> int:
+    """Steps per call for `fit`'s automatic choice: a divisor of the epoch's steps from
+    `preferred` down to `preferred // 2` if there is one, else `preferred` (at most the epoch).
+
+    Steps left over after the last full call run one at a time, a second compiled program
+    (a LeNet-5 train step compiles in ~2 s on two CPU cores); 4 to 16 steps per call train an
+    epoch equally fast there (`benchmarks/README.md`), so a divisor in that range costs nothing.
+    E.g. 8 preferred: 12 steps -> 6, 125 -> 5, 13 -> 8 (8 + 5 single steps), 3 -> 3.
+    """
+    check_int("preferred", preferred)
+    check_int("steps_per_epoch", steps_per_epoch)
+    largest = min(preferred, steps_per_epoch)
+    for steps in range(largest, max(1, preferred // 2) - 1, -1):
+        if steps_per_epoch % steps == 0:
+            return steps
+    return largest
 
 
 class _EpochLoop:
