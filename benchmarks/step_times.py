@@ -444,7 +444,9 @@ def bench_lenet_epoch(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[di
         return epoch
 
     model = LeNet5.birdcat(rngs=nnx.Rngs(0))
-    fused = steps_dividing_the_epoch(steps_per_call_for(model), cfg.epoch_train // 64)
+    fused = steps_dividing_the_epoch(
+        steps_per_call_for(model), cfg.epoch_train // config.batch_size
+    )
     unfused = dataclasses.replace(config, steps_per_call=1)
     variants = {
         f"jaxcal LeNet5 ({_lowering(model)}), train.fit, {fused} steps per call": epoch_of(model),

@@ -50,21 +50,14 @@ class AugmentConfig:
             raise ValueError(f"crop_size must be a positive int or None, got {self.crop_size!r}")
         if not is_int(self.crop_padding) or self.crop_padding < 0:
             raise ValueError(f"crop_padding must be an int >= 0, got {self.crop_padding!r}")
-        # Pairs as float tuples: configs compare and hash by value (lists are accepted).
+        # Pairs are stored as float tuples, so configs compare and hash by value.
         if self.resized_crop_scale is not None:
-            object.__setattr__(
-                self, "resized_crop_scale", _pair("resized_crop_scale", self.resized_crop_scale)
-            )
-        object.__setattr__(
-            self, "resized_crop_ratio", _pair("resized_crop_ratio", self.resized_crop_ratio)
-        )
-        if self.resized_crop_scale is not None:
-            lo, hi = self.resized_crop_scale
+            lo, hi = _pair(self, "resized_crop_scale")
             if not 0.0 < lo <= hi <= 1.0:
                 raise ValueError(
                     f"resized_crop_scale must satisfy 0 < min <= max <= 1, got {(lo, hi)}"
                 )
-        lo, hi = self.resized_crop_ratio
+        lo, hi = _pair(self, "resized_crop_ratio")
         if not 0.0 < lo <= hi:
             raise ValueError(f"resized_crop_ratio must satisfy 0 < min <= max, got {(lo, hi)}")
         if self.output_size is not None and (not is_positive_int(self.output_size)):
@@ -373,9 +366,11 @@ def eval_transform(images: jax.Array, config: AugmentConfig) -> jax.Array:
     return images
 
 
-def _pair(name: str, values) -> tuple[float, float]:
-    """The (min, max) pair `values` as a tuple of two floats."""
+def _pair(config: AugmentConfig, name: str) -> tuple[float, float]:
+    """Stores the (min, max) field `name` of `config` as a tuple of two floats; returns it."""
+    values = getattr(config, name)
     pair = tuple(float(v) for v in values)
     if len(pair) != 2:
         raise ValueError(f"{name} must be a (min, max) pair, got {values!r}")
+    object.__setattr__(config, name, pair)
     return pair

@@ -282,7 +282,8 @@ def _train_step(
     preprocess: Preprocess | None,
     steps_per_call: int,
     mesh: Mesh | None,
-) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
+) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """The jitted `step(state, images, labels, batches, step_key)` of `make_train_step`."""
     tx = make_optimizer(config)
     batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
     copy_rows = _copies_rows(mesh)
