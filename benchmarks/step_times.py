@@ -1,9 +1,10 @@
 """jaxcal against the original PyTorch notebooks: step, epoch and temperature-scaling times.
 
-Run `python -m benchmarks.step_times [--quick] [--json PATH] [--markdown PATH]`. Every task
-times jaxcal and its reference interleaved (A B A B ...) after warm-up and reports medians;
-first calls (JAX: trace + compile) are reported separately. Without torch, the torch references
-are skipped and the reason is printed; the numpy reference of the temperature sweep still runs.
+Run `python -m benchmarks.step_times [--quick | --accelerator] [--json PATH] [--markdown PATH]`.
+Every task times jaxcal and its reference interleaved (A B A B ...) after warm-up and reports
+medians; first calls (JAX: trace + compile) are reported separately. Without torch, the torch
+references are skipped and the reason is printed; the numpy reference of the temperature sweep
+still runs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -40,6 +42,8 @@ from jaxcal.models.im2col import use_xla_convolutions
 from jaxcal.train.loop import steps_dividing_the_epoch
 
 REQUIRED_KEYS = ("task", "jaxcal_ms", "reference", "reference_ms", "speedup")
+# The notebooks' batch size: the step rows' first batch and the epoch's.
+NOTEBOOK_BATCH = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,8 @@ class BenchConfig:
 
     Attributes:
         repeats: timed rounds per task (the median is reported).
+        step_batches: batch sizes of the small step tasks (`lenet_step`, `mlp_step`); the
+            notebooks' 64 first, whose rows keep their plain names.
         step_number: steps per timed sample for the small step tasks.
         step_settle: untimed steps before each timed sample of the small step tasks, so that
             a sample times steps as a training loop runs them, back to back. The first step
@@ -66,6 +72,7 @@ class BenchConfig:
     """
 
     repeats: int = 9
+    step_batches: tuple[int, ...] = (NOTEBOOK_BATCH,)
     step_number: int = 10
     step_settle: int = 2
     resnet_batch: int = 8
@@ -92,6 +99,23 @@ class BenchConfig:
             epoch_repeats=2,
             big_sweep_samples=200_000,
         )
+
+    @classmethod
+    def accelerator(cls) -> BenchConfig:
+        """The full run plus what a GPU or TPU shows: steps at batch 64 and 256, the jaxcal-only
+        sweep at 10,000,000 samples (over an hour on 2 CPU cores, seconds on a GPU)."""
+        return cls(step_batches=(NOTEBOOK_BATCH, 256), big_sweep_samples=10_000_000)
+
+    def __post_init__(self) -> None:
+        batches = self.step_batches
+        if (
+            not isinstance(batches, tuple)
+            or not batches
+            or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batches)
+        ):
+            raise ValueError(
+                f"step_batches must be a non-empty tuple of positive ints, got {batches!r}"
+            )
 
 
 def load_torch_reference() -> tuple[ModuleType | None, str]:
@@ -246,31 +270,48 @@ def _lowering(model: LeNet5) -> str:
     return "nnx.Conv, XLA convolutions"
 
 
-def bench_lenet_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
-    """LeNet-5 bird/cat step, batch 64, Adam 1e-3: jaxcal's train step vs torch eager.
+def _batch_label(name: str, batch_size: int) -> str:
+    """A step row's variant: `name` at the notebooks' batch, `name, batch B` at any other."""
+    return name if batch_size == NOTEBOOK_BATCH else f"{name}, batch {batch_size}"
 
-    Rows: jaxcal's LeNet5 as built for this backend, and with the other convolution lowering.
+
+def _batch_rows(rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+    return [row | {"batch_size": batch_size} for row in rows]
+
+
+def bench_lenet_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
+    """LeNet-5 bird/cat step, Adam 1e-3, at each of `cfg.step_batches`: jaxcal's train step vs
+    torch eager.
+
+    Rows per batch: jaxcal's LeNet5 as built for this backend, and with the other convolution
+    lowering; each row carries its `batch_size`.
     """
-    config = train.TrainConfig(batch_size=64)
     preprocess = transforms.make_preprocess(*transforms.CIFAR_MEAN_STD)
-    variants = {}
-    for model in (
-        LeNet5.birdcat(rngs=nnx.Rngs(0)),
-        with_other_convolutions(LeNet5.birdcat(rngs=nnx.Rngs(0))),
-    ):
-        variants[f"jaxcal LeNet5 ({_lowering(model)})"] = jaxcal_step_runner(
-            model, config, preprocess, (32, 32, 3), 1
+    rows = []
+    for batch in cfg.step_batches:
+        config = train.TrainConfig(batch_size=batch)
+        variants = {}
+        for model in (
+            LeNet5.birdcat(rngs=nnx.Rngs(0)),
+            with_other_convolutions(LeNet5.birdcat(rngs=nnx.Rngs(0))),
+        ):
+            variants[_batch_label(f"jaxcal LeNet5 ({_lowering(model)})", batch)] = (
+                jaxcal_step_runner(model, config, preprocess, (32, 32, 3), 1)
+            )
+        reference = None if torch_ref is None else torch_ref.lenet_step(batch)
+        rows += _batch_rows(
+            _rows_against_reference(
+                "lenet_step",
+                variants,
+                "torch eager, notebook LeNet5",
+                reference,
+                repeats=cfg.repeats,
+                number=cfg.step_number,
+                settle=cfg.step_settle,
+            ),
+            batch,
         )
-    reference = None if torch_ref is None else torch_ref.lenet_step(64)
-    return _rows_against_reference(
-        "lenet_step",
-        variants,
-        "torch eager, notebook LeNet5",
-        reference,
-        repeats=cfg.repeats,
-        number=cfg.step_number,
-        settle=cfg.step_settle,
-    )
+    return rows
 
 
 def mlp_gemm_floor_runner(widths: tuple[int, ...], batch_size: int, seed: int = 0):
@@ -339,28 +380,38 @@ def mlp_nnx_jit_runner(model: MLP, config: train.TrainConfig, seed: int = 0):
 
 
 def bench_mlp_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[str, Any]]:
-    """MLP 784-512-512-10 step, batch 64, SGD 0.01: jaxcal's train step vs torch eager.
+    """MLP 784-512-512-10 step, SGD 0.01, at each of `cfg.step_batches`: jaxcal's train step
+    vs torch eager.
 
-    Rows, all timed interleaved: jaxcal's step, the same step through `nnx.jit`, and the
-    step's matmuls alone (its GEMM floor; `floor_ratio` = step / floor).
+    Rows per batch, all timed interleaved: jaxcal's step, the same step through `nnx.jit`,
+    and the step's matmuls alone (its GEMM floor; `floor_ratio` = step / floor).
     """
-    config = train.TrainConfig(batch_size=64, optimizer="sgd", learning_rate=0.01)
+    rows = []
+    for batch in cfg.step_batches:
+        rows += _batch_rows(_mlp_rows(cfg, torch_ref, batch), batch)
+    return rows
+
+
+def _mlp_rows(cfg: BenchConfig, torch_ref: ModuleType | None, batch: int) -> list[dict[str, Any]]:
+    config = train.TrainConfig(batch_size=batch, optimizer="sgd", learning_rate=0.01)
     model = MLP(rngs=nnx.Rngs(0))
     widths = (
         model.in_features,
         *(layer.out_features for layer in model.hidden),
         model.head.out_features,
     )
-    variants = {
-        "jaxcal MLP": jaxcal_step_runner(
-            model, config, transforms.make_preprocess(), (28, 28, 1), 10
-        ),
-        "same step via nnx.jit + nnx.Optimizer": mlp_nnx_jit_runner(MLP(rngs=nnx.Rngs(0)), config),
-        "GEMM floor: the step's 8 matmuls alone, chained as in the step": (
-            mlp_gemm_floor_runner(widths, config.batch_size)
-        ),
-    }
-    reference = None if torch_ref is None else torch_ref.mlp_step(64)
+    names = (
+        "jaxcal MLP",
+        "same step via nnx.jit + nnx.Optimizer",
+        "GEMM floor: the step's 8 matmuls alone, chained as in the step",
+    )
+    runners = (
+        jaxcal_step_runner(model, config, transforms.make_preprocess(), (28, 28, 1), 10),
+        mlp_nnx_jit_runner(MLP(rngs=nnx.Rngs(0)), config),
+        mlp_gemm_floor_runner(widths, config.batch_size),
+    )
+    variants = {_batch_label(n, batch): r for n, r in zip(names, runners, strict=True)}
+    reference = None if torch_ref is None else torch_ref.mlp_step(batch)
     rows = _rows_against_reference(
         "mlp_step",
         variants,
@@ -432,7 +483,7 @@ def bench_lenet_epoch(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[di
     train_data = _birdcat_shaped(cfg.epoch_train, 1)
     val_data = _birdcat_shaped(cfg.epoch_val, 2)
     preprocess = transforms.make_preprocess(*transforms.CIFAR_MEAN_STD)
-    config = train.TrainConfig(epochs=1, batch_size=64)
+    config = train.TrainConfig(epochs=1, batch_size=NOTEBOOK_BATCH)
 
     def epoch_of(model: nnx.Module, config: train.TrainConfig = config) -> Callable[[], float]:
         def epoch() -> float:
@@ -468,7 +519,11 @@ def bench_lenet_epoch(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[di
         "lenet_epoch", variants, reference_name, reference, repeats=cfg.epoch_repeats
     )
     for row in rows:
-        row["images"] = {"train": cfg.epoch_train, "val": cfg.epoch_val, "batch_size": 64}
+        row["images"] = {
+            "train": cfg.epoch_train,
+            "val": cfg.epoch_val,
+            "batch_size": NOTEBOOK_BATCH,
+        }
     return rows
 
 
@@ -567,7 +622,12 @@ def sweep_peak_rss_mb(samples: int, temperatures: int, num_bins: int) -> dict[st
     root = pathlib.Path(__file__).resolve().parents[1]
     command = [sys.executable, "-c", PEAK_RSS_SCRIPT, str(samples), str(temperatures)]
     result = subprocess.run(
-        [*command, str(num_bins)], cwd=root, capture_output=True, text=True, check=True
+        [*command, str(num_bins)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ | {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},  # beside this process
     )
     before, peak = (float(v) for v in result.stdout.split())
     return {"before_sweep_mb": round(before, 1), "peak_mb": round(peak, 1)}
@@ -867,12 +927,30 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few minutes on 2 cores")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="a few minutes on 2 cores")
+    sizes.add_argument(
+        "--accelerator",
+        action="store_true",
+        help="on a GPU or TPU: also the steps at batch 256 and the sweep at 10^7 samples",
+    )
     parser.add_argument("--json", type=pathlib.Path, help="write the report as JSON here")
     parser.add_argument("--markdown", type=pathlib.Path, help="write the table here")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help="default: all")
     args = parser.parse_args(argv)
-    report = run(quick=args.quick, tasks=args.tasks, log=lambda m: print(m, file=sys.stderr))
+    # Lets the torch reference and the peak-memory subprocesses allocate on a GPU too.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    config = None
+    if args.accelerator:
+        if jax.default_backend() == "cpu":
+            parser.error("--accelerator needs a GPU or TPU; JAX's default backend is cpu")
+        config = BenchConfig.accelerator()
+    report = run(
+        quick=args.quick,
+        tasks=args.tasks,
+        config=config,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     table = markdown(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -1,9 +1,11 @@
 """Tests for benchmarks/: the timing harness, the reference computations and the report rows."""
 
+import dataclasses
 import json
 import pathlib
 import subprocess
 import sys
+import time
 import warnings
 
 import jax
@@ -224,6 +226,66 @@ def test_torch_missing_is_reported_not_fatal(monkeypatch):
         assert row["fits_per_repeated_sample"] == tiny.step_number
     table = step_times.markdown(report)
     assert table.count("| temperature_") == 4
+
+
+def test_accelerator_preset_adds_batch_256_and_the_ten_million_sweep():
+    accelerator, full = step_times.BenchConfig.accelerator(), step_times.BenchConfig()
+    assert accelerator.step_batches == (64, 256) and full.step_batches == (64,)
+    assert accelerator.big_sweep_samples == 10_000_000
+    assert dataclasses.replace(accelerator, step_batches=(64,), big_sweep_samples=1_000_000) == full
+    for bad in ((), (0,), [64], (64, True), (64.0,)):
+        with pytest.raises(ValueError, match="step_batches"):
+            step_times.BenchConfig(step_batches=bad)
+
+
+def test_step_rows_come_per_batch_with_their_own_gemm_floor(monkeypatch):
+    # Every step runner is replaced by a sleep of 1 ms per 64 examples (the floor: half that),
+    # so the rows' grouping, labels and floor ratios are checked without compiling anything.
+    batches = []
+
+    def fake_runner(batch, share=1.0):
+        batches.append(batch)
+        return lambda: time.sleep(0.001 * share * batch / 64)
+
+    monkeypatch.setattr(
+        step_times, "jaxcal_step_runner", lambda m, config, *a, **k: fake_runner(config.batch_size)
+    )
+    monkeypatch.setattr(
+        step_times, "mlp_nnx_jit_runner", lambda m, config: fake_runner(config.batch_size)
+    )
+    monkeypatch.setattr(
+        step_times, "mlp_gemm_floor_runner", lambda widths, batch: fake_runner(batch, 0.5)
+    )
+    cfg = step_times.BenchConfig(repeats=3, step_number=1, step_settle=0, step_batches=(64, 128))
+    report = step_times.run(tasks=("lenet_step", "mlp_step"), config=cfg, torch_reason="none")
+    rows = report["rows"]
+    assert batches == [64, 64, 128, 128] + [64] * 3 + [128] * 3
+    assert [(r["task"], r["batch_size"]) for r in rows] == [
+        *[("lenet_step", 64)] * 2,
+        *[("lenet_step", 128)] * 2,
+        *[("mlp_step", 64)] * 3,
+        *[("mlp_step", 128)] * 3,
+    ]
+    assert rows[0]["variant"] == "jaxcal LeNet5 (PatchConv, patches + GEMM)"
+    assert rows[2]["variant"] == "jaxcal LeNet5 (PatchConv, patches + GEMM), batch 128"
+    assert all(r["variant"].endswith(", batch 128") for r in rows if r["batch_size"] == 128)
+    assert not any("batch" in r["variant"] for r in rows if r["batch_size"] == 64)
+    for group in (rows[4:7], rows[7:10]):
+        floor = group[-1]
+        assert floor["variant"].startswith("GEMM floor") and "floor_ratio" not in floor
+        for row in group[:-1]:
+            assert row["floor_ratio"] == pytest.approx(row["jaxcal_ms"] / floor["jaxcal_ms"], 1e-2)
+            assert 1.3 < row["floor_ratio"] < 3  # 1 ms over its own batch's 0.5 ms floor
+    assert report["config"]["step_batches"] == (64, 128)
+
+
+def test_accelerator_flag_refuses_the_cpu_and_the_quick_sizes(capsys):
+    with pytest.raises(SystemExit) as error:
+        step_times.main(["--accelerator"])
+    assert error.value.code == 2 and "GPU or TPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as error:
+        step_times.main(["--quick", "--accelerator"])
+    assert error.value.code == 2 and "not allowed with" in capsys.readouterr().err
 
 
 def test_run_rejects_unknown_tasks_and_configs():
