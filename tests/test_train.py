@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxcal import train
-from jaxcal.train import loop, steps
+from jaxcal.train import loop, predict, steps
 
 # float32 tolerances: the same arithmetic fused differently by XLA differs in the last bits,
 # a few ulps of values of order 1 after several steps.
@@ -575,6 +575,38 @@ def test_predict_logits_is_eval_mode_and_independent_of_the_batch():
     )
     expected = nnx.view(model, deterministic=True, use_running_average=True)(scale(images, None))
     np.testing.assert_allclose(logits, expected, atol=TIGHT)
+
+
+@pytest.mark.parametrize(
+    "examples, batch, devices, expected",
+    [
+        (197, 256, 1, 256),
+        (204, 256, 1, 256),
+        (300, 256, 1, 256),
+        (64, 256, 1, 64),
+        (65, 256, 1, 128),
+        (5, 256, 1, 8),
+        (1, 256, 1, 1),
+        (20, 7, 1, 7),
+        (3, 256, 8, 8),
+        (20, 256, 8, 32),
+        (20, 12, 8, 16),
+    ],
+)
+def test_prediction_batch_is_a_power_of_two_below_the_batch(examples, batch, devices, expected):
+    assert predict.prediction_batch(examples, batch, devices) == expected
+
+
+def test_small_sets_of_nearby_sizes_share_one_prediction_program():
+    model = TinyCNN(num_classes=3, rngs=nnx.Rngs(1))
+    images = TRAIN[0][:40]
+    expected = nnx.view(model, deterministic=True, use_running_average=True)(scale(images, None))
+    compiled = predict._logits._cache_size()
+    for size in (33, 40, 37):  # one 64-example batch each
+        logits = train.predict_logits(model, images[:size], preprocess=scale)
+        assert logits.shape == (size, 3)
+        np.testing.assert_allclose(logits, expected[:size], atol=TIGHT)
+    assert predict._logits._cache_size() == compiled + 1
 
 
 def test_predict_logits_single_logit_is_flat():
