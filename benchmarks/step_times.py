@@ -275,7 +275,24 @@ def _batch_label(name: str, batch_size: int) -> str:
     return name if batch_size == NOTEBOOK_BATCH else f"{name}, batch {batch_size}"
 
 
-def _batch_rows(rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+def _small_step_rows(
+    task: str,
+    batch_size: int,
+    variants: dict[str, Callable[[], Any]],
+    reference_name: str,
+    reference: Callable[[], Any] | None,
+    cfg: BenchConfig,
+) -> list[dict[str, Any]]:
+    """The rows of one batch size of a small step task, each carrying its `batch_size`."""
+    rows = _rows_against_reference(
+        task,
+        variants,
+        reference_name,
+        reference,
+        repeats=cfg.repeats,
+        number=cfg.step_number,
+        settle=cfg.step_settle,
+    )
     return [row | {"batch_size": batch_size} for row in rows]
 
 
@@ -299,17 +316,8 @@ def bench_lenet_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dic
                 jaxcal_step_runner(model, config, preprocess, (32, 32, 3), 1)
             )
         reference = None if torch_ref is None else torch_ref.lenet_step(batch)
-        rows += _batch_rows(
-            _rows_against_reference(
-                "lenet_step",
-                variants,
-                "torch eager, notebook LeNet5",
-                reference,
-                repeats=cfg.repeats,
-                number=cfg.step_number,
-                settle=cfg.step_settle,
-            ),
-            batch,
+        rows += _small_step_rows(
+            "lenet_step", batch, variants, "torch eager, notebook LeNet5", reference, cfg
         )
     return rows
 
@@ -388,7 +396,7 @@ def bench_mlp_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dict[
     """
     rows = []
     for batch in cfg.step_batches:
-        rows += _batch_rows(_mlp_rows(cfg, torch_ref, batch), batch)
+        rows += _mlp_rows(cfg, torch_ref, batch)
     return rows
 
 
@@ -412,14 +420,8 @@ def _mlp_rows(cfg: BenchConfig, torch_ref: ModuleType | None, batch: int) -> lis
     )
     variants = {_batch_label(n, batch): r for n, r in zip(names, runners, strict=True)}
     reference = None if torch_ref is None else torch_ref.mlp_step(batch)
-    rows = _rows_against_reference(
-        "mlp_step",
-        variants,
-        "torch eager, notebook MultiLayerNN",
-        reference,
-        repeats=cfg.repeats,
-        number=cfg.step_number,
-        settle=cfg.step_settle,
+    rows = _small_step_rows(
+        "mlp_step", batch, variants, "torch eager, notebook MultiLayerNN", reference, cfg
     )
     floor_ms = rows[-1]["jaxcal_ms"]
     for row in rows[:-1]:
