@@ -37,7 +37,7 @@ from benchmarks.timing import (
 from jaxcal import calibration, train
 from jaxcal.data import transforms
 from jaxcal.models import MLP, LeNet5, ResNet18
-from jaxcal.models.conv import PatchConv, steps_per_call_for
+from jaxcal.models.conv import PatchConv, micro_batch_for, steps_per_call_for
 from jaxcal.models.im2col import use_xla_convolutions
 from jaxcal.train.loop import steps_dividing_the_epoch
 
@@ -219,17 +219,20 @@ def jaxcal_step_runner(
     num_classes: int,
     batches: int = 4,
     seed: int = 0,
+    micro_batch_size: int | None = None,
 ) -> Callable[[], Any]:
     """One call of jaxcal's jitted train step (gather, preprocess, forward, backward, update).
 
-    The step reads its batch from uint8 images held on the device, as `train.fit` does.
+    The step reads its batch from uint8 images held on the device, as `train.fit` does, in the
+    micro-batches `fit` picks (`micro_batch_for`) unless `micro_batch_size` is given.
     """
+    micro = micro_batch_size or micro_batch_for(model, config.batch_size)
     rng = np.random.default_rng(seed)
     n = batches * config.batch_size
     images = jnp.asarray(rng.integers(0, 256, (n, *image_shape), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, max(num_classes, 2), n).astype(np.int32))
     graphdef, state = train.create_train_state(model, config)
-    step = train.make_train_step(graphdef, config, preprocess)
+    step = train.make_train_step(graphdef, config, preprocess, micro_batch_size=micro)
     order = train.epoch_batches(jax.random.key(seed), n, config.batch_size)
     holder = [state]
 
@@ -301,7 +304,8 @@ def bench_lenet_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dic
     torch eager.
 
     Rows per batch: jaxcal's LeNet5 as built for this backend, and with the other convolution
-    lowering; each row carries its `batch_size`.
+    lowering, each in the micro-batches `fit` picks; where those split the batch, the same
+    model with the whole batch at once besides. Each row carries its `batch_size`.
     """
     preprocess = transforms.make_preprocess(*transforms.CIFAR_MEAN_STD)
     rows = []
@@ -312,9 +316,16 @@ def bench_lenet_step(cfg: BenchConfig, torch_ref: ModuleType | None) -> list[dic
             LeNet5.birdcat(rngs=nnx.Rngs(0)),
             with_other_convolutions(LeNet5.birdcat(rngs=nnx.Rngs(0))),
         ):
-            variants[_batch_label(f"jaxcal LeNet5 ({_lowering(model)})", batch)] = (
+            micro = micro_batch_for(model, batch)
+            split = "" if micro == batch else f", micro-batches of {micro}"
+            variants[_batch_label(f"jaxcal LeNet5 ({_lowering(model)}{split})", batch)] = (
                 jaxcal_step_runner(model, config, preprocess, (32, 32, 3), 1)
             )
+            if split:
+                whole = _batch_label(f"jaxcal LeNet5 ({_lowering(model)}, whole batch)", batch)
+                variants[whole] = jaxcal_step_runner(
+                    model, config, preprocess, (32, 32, 3), 1, micro_batch_size=batch
+                )
         reference = None if torch_ref is None else torch_ref.lenet_step(batch)
         rows += _small_step_rows(
             "lenet_step", batch, variants, "torch eager, notebook LeNet5", reference, cfg

@@ -279,6 +279,29 @@ def test_step_rows_come_per_batch_with_their_own_gemm_floor(monkeypatch):
     assert report["config"]["step_batches"] == (64, 128)
 
 
+def test_lenet_rows_above_128_show_micro_batches_and_the_whole_batch(monkeypatch):
+    """At batch 256 on CPU, `fit` runs LeNet-5 (PatchConv) in micro-batches of 128: its row
+    says so and a whole-batch row stands beside it; nnx.Conv's is not split."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("micro-batches are a CPU choice")
+    made = []
+
+    def fake_runner(model, config, *args, micro_batch_size=None, **kwargs):
+        made.append(micro_batch_size)
+        return lambda: time.sleep(0.001)
+
+    monkeypatch.setattr(step_times, "jaxcal_step_runner", fake_runner)
+    cfg = step_times.BenchConfig(repeats=2, step_number=1, step_settle=0, step_batches=(256,))
+    report = step_times.run(tasks=("lenet_step",), config=cfg, torch_reason="none")
+    variants = [row["variant"] for row in report["rows"]]
+    assert variants == [
+        "jaxcal LeNet5 (PatchConv, patches + GEMM, micro-batches of 128), batch 256",
+        "jaxcal LeNet5 (PatchConv, patches + GEMM, whole batch), batch 256",
+        "jaxcal LeNet5 (nnx.Conv, XLA convolutions), batch 256",
+    ]
+    assert made == [None, 256, None]
+
+
 def test_accelerator_flag_excludes_the_quick_sizes(capsys):
     with pytest.raises(SystemExit) as error:
         step_times.main(["--quick", "--accelerator"])

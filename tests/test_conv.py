@@ -15,6 +15,7 @@ from jaxcal.models.conv import (
     avg_pool_2x2,
     conv_impl_for_backend,
     max_pool_2x2,
+    micro_batch_for,
     patch_conv,
     patch_conv_max_pool,
     patch_conv_max_pool_chwn,
@@ -387,6 +388,43 @@ def test_steps_per_call_fuses_steps_unless_xla_convolutions_run_on_cpu():
         assert steps_per_call_for(patch_lenet) == 8
     with pytest.raises(TypeError, match="model must be an nnx.Module"):
         steps_per_call_for(lambda x: x, "cpu")
+
+
+def test_micro_batches_only_for_patch_conv_models_without_batch_norm_on_cpu():
+    """Batches above 128 split into the largest divisor up to 128 (at least 32), for models
+    with PatchConv and no BatchNorm, on CPU only."""
+    from jaxcal.models import MLP
+
+    patch = nnx.Sequential(PatchConv(3, 4, 3, rngs=nnx.Rngs(0)))
+    normed = nnx.Sequential(
+        PatchConv(3, 4, 3, rngs=nnx.Rngs(0)), nnx.BatchNorm(4, rngs=nnx.Rngs(0))
+    )
+    for batch, micro in (
+        (64, 64),
+        (128, 128),
+        (256, 128),
+        (512, 128),
+        (200, 100),
+        (248, 124),
+        (192, 96),
+        (257, 257),
+        (262, 262),
+        (160, 80),
+    ):
+        assert micro_batch_for(patch, batch, "cpu") == micro, batch
+    assert micro_batch_for(patch, 256, "gpu") == 256
+    assert micro_batch_for(patch, 256, "tpu") == 256
+    assert micro_batch_for(normed, 256, "cpu") == 256
+    assert micro_batch_for(MLP(rngs=nnx.Rngs(0)), 256, "cpu") == 256
+    assert (
+        micro_batch_for(nnx.Sequential(nnx.Conv(3, 4, (3, 3), rngs=nnx.Rngs(0))), 256, "cpu") == 256
+    )
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        micro_batch_for(patch, 0, "cpu")
+    with pytest.raises(TypeError, match="batch_size must be an int"):
+        micro_batch_for(patch, 256.0, "cpu")
+    with pytest.raises(TypeError, match="model must be an nnx.Module"):
+        micro_batch_for(lambda x: x, 256, "cpu")
 
 
 @pytest.mark.parametrize(

@@ -100,6 +100,9 @@ def assert_trees_equal(a, b):
         ({"patience": 0}, ValueError, "patience"),
         ({"monitor": "accuracy"}, ValueError, "monitor"),
         ({"steps_per_call": 0}, ValueError, "steps_per_call"),
+        ({"micro_batch_size": 0}, ValueError, "micro_batch_size"),
+        ({"micro_batch_size": True}, TypeError, "micro_batch_size"),
+        ({"batch_size": 64, "micro_batch_size": 48}, ValueError, "divide batch_size 64"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, error, name):
@@ -281,9 +284,16 @@ def test_fit_with_12_steps_an_epoch_compiles_no_single_step(monkeypatch):
     single-step program runs, and an explicit `steps_per_call` is kept as given."""
     made = []
 
-    def recording(graphdef, config, preprocess=None, *, steps_per_call=1, mesh=None):
+    def recording(
+        graphdef, config, preprocess=None, *, steps_per_call=1, micro_batch_size=None, mesh=None
+    ):
         step = steps.make_train_step(
-            graphdef, config, preprocess, steps_per_call=steps_per_call, mesh=mesh
+            graphdef,
+            config,
+            preprocess,
+            steps_per_call=steps_per_call,
+            micro_batch_size=micro_batch_size,
+            mesh=mesh,
         )
         calls = [steps_per_call, 0]
         made.append(calls)
@@ -458,6 +468,147 @@ def test_steps_per_call_fuses_steps_without_changing_them():
         params_of(fused),
         params_of(one),
     )
+
+
+class TinyDropoutCNN(nnx.Module):
+    """TinyCNN without BatchNorm: conv -> ReLU -> global mean -> Dropout -> fc."""
+
+    def __init__(self, *, dropout: float = 0.0, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+        self.drop = nnx.Dropout(dropout)
+        self.fc = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x, *, rngs=None):
+        return self.fc(self.drop(nnx.relu(self.conv(x)).mean((1, 2)), rngs=rngs))
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 2])
+def test_micro_batches_sum_to_the_whole_batch_step(steps_per_call):
+    """Gradients, losses and accuracies of 4 micro-batches of 5 equal those of the batch of 20
+    (float32 rounding: the sums run in another order)."""
+    config = train.TrainConfig(batch_size=20, learning_rate=0.05)
+    images, labels = make_data(60, num_classes=3)
+    order = train.epoch_batches(jax.random.key(0), 60, 20)
+    results = []
+    for micro in (None, 5):
+        graphdef, state = train.create_train_state(TinyDropoutCNN(rngs=nnx.Rngs(0)), config)
+        step = train.make_train_step(
+            graphdef, config, scale, steps_per_call=steps_per_call, micro_batch_size=micro
+        )
+        metrics = []
+        for _ in range(3):
+            state, step_metrics = step(state, images, labels, order)
+            metrics.append(np.asarray(step_metrics))
+        results.append((state.params, np.concatenate(metrics), int(state.step)))
+    (whole, whole_metrics, n), (micro, micro_metrics, m) = results
+    assert n == m == 3 * steps_per_call
+    assert whole_metrics.shape == (3 * steps_per_call, 2)
+    assert not np.allclose(whole_metrics[0], whole_metrics[-1])  # the steps learned
+    np.testing.assert_allclose(micro_metrics, whole_metrics, rtol=LOOSE, atol=TIGHT)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=LOOSE, atol=TIGHT), micro, whole
+    )
+
+
+def test_micro_batches_draw_dropout_keys_of_their_own():
+    """With dropout, micro-batches differ from the whole-batch step (other keys) but a run
+    repeats exactly; the model state carries through the micro-batches."""
+    config = train.TrainConfig(epochs=2, batch_size=20, learning_rate=0.05)
+    data = make_data(60, num_classes=3)
+    losses = []
+    for micro in (None, 4, 4):
+        model = TinyDropoutCNN(dropout=0.5, rngs=nnx.Rngs(0))
+        fitted = train.fit(
+            model,
+            data,
+            None,
+            dataclasses.replace(config, micro_batch_size=micro),
+            preprocess=scale,
+            progress=False,
+        )
+        losses.append(fitted.step_loss)
+    assert np.all(np.isfinite(losses))
+    np.testing.assert_array_equal(losses[1], losses[2])
+    assert not np.allclose(losses[0][1:], losses[1][1:])
+
+
+def test_micro_batches_refuse_batch_norm_in_training_mode(tmp_path):
+    """BatchNorm would normalise each micro-batch alone: refused before any work (no
+    checkpoint folder written), by `fit` and by the step itself; a frozen one is fine."""
+    config = train.TrainConfig(epochs=1, batch_size=20, micro_batch_size=10)
+    with pytest.raises(ValueError, match="micro_batch_size must be None.*BatchNorm"):
+        train.fit(
+            TinyCNN(rngs=nnx.Rngs(0)),
+            TRAIN,
+            None,
+            config,
+            preprocess=scale,
+            progress=False,
+            checkpoint_dir=tmp_path / "run",
+        )
+    assert not (tmp_path / "run").exists()
+    graphdef, state = train.create_train_state(TinyCNN(rngs=nnx.Rngs(0)), config)
+    step = train.make_train_step(graphdef, config, scale, micro_batch_size=10)
+    order = train.epoch_batches(jax.random.key(0), 100, 20)
+    with pytest.raises(ValueError, match="micro_batch_size must be None.*BatchNorm"):
+        step(state, *TRAIN, order)
+    frozen = dataclasses.replace(config, trainable=("fc",))
+    history = train.fit(
+        TinyCNN(rngs=nnx.Rngs(0)), TRAIN, None, frozen, preprocess=scale, progress=False
+    )
+    assert np.all(np.isfinite(history.step_loss))
+
+
+def test_make_train_step_checks_micro_batches():
+    """The type when the step is made; the division by the rows of `batches` when traced."""
+    config = train.TrainConfig(batch_size=20)
+    graphdef, state = train.create_train_state(TinyMLP(rngs=nnx.Rngs(0)), config)
+    with pytest.raises(TypeError, match="micro_batch_size must be an int"):
+        train.make_train_step(graphdef, config, micro_batch_size=5.0)
+    with pytest.raises(ValueError, match="micro_batch_size must be >= 1"):
+        train.make_train_step(graphdef, config, micro_batch_size=0)
+    step = train.make_train_step(graphdef, config, scale, micro_batch_size=8)
+    order = train.epoch_batches(jax.random.key(0), 100, 20)
+    with pytest.raises(
+        ValueError, match="micro_batch_size must divide the batch of 20 rows, got 8"
+    ):
+        step(state, *TRAIN, order)
+
+
+def test_fit_picks_micro_batches_for_patch_conv_on_cpu(monkeypatch):
+    """On one CPU device `fit` asks `conv.micro_batch_for` (here shrunk to split batches above
+    8, in micro-batches of at least 4); an explicit `micro_batch_size` wins (several devices:
+    `test_data_parallel_matches_one_device`)."""
+    from jaxcal.models import conv
+
+    made = []
+    real = steps.make_train_step
+
+    def recording(*args, micro_batch_size=None, **kwargs):
+        made.append(micro_batch_size)
+        return real(*args, micro_batch_size=micro_batch_size, **kwargs)
+
+    monkeypatch.setattr(loop, "make_train_step", recording)
+    monkeypatch.setattr(conv, "CPU_MICRO_BATCH", 8)
+    monkeypatch.setattr(conv, "MIN_MICRO_BATCH", 4)
+
+    class PatchNet(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = conv.PatchConv(3, 4, 3, rngs=rngs)
+            self.fc = nnx.Linear(4, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.fc(nnx.relu(self.conv(x)).mean((1, 2)))
+
+    automatic = 5 if jax.default_backend() == "cpu" else 20  # 20's largest divisor up to 8
+    for micro, expected in ((None, automatic), (10, 10)):
+        made.clear()
+        config = train.TrainConfig(epochs=1, batch_size=20, micro_batch_size=micro)
+        history = train.fit(
+            PatchNet(nnx.Rngs(0)), TRAIN, None, config, preprocess=scale, progress=False
+        )
+        assert set(made) == {expected}
+        assert np.all(np.isfinite(history.step_loss))
 
 
 def test_freezing_the_backbone_keeps_it_exactly():
@@ -647,7 +798,8 @@ _DATA_PARALLEL = textwrap.dedent(
     import jax, numpy as np
     from flax import nnx
     sys.path.insert(0, sys.argv[1])
-    from test_train import TinyCNN, TRAIN, VAL, scale, params_of
+    import dataclasses
+    from test_train import TinyCNN, TinyMLP, TRAIN, VAL, scale, params_of
     from jaxcal import train
 
     assert jax.device_count() == 8, jax.devices()
@@ -675,6 +827,22 @@ _DATA_PARALLEL = textwrap.dedent(
                   progress=False)
     except ValueError as error:
         runs["error"] = str(error)
+    # Micro-batches over 8 devices: each micro-batch of 8 rows sharded one row per device.
+    micro = dataclasses.replace(config, micro_batch_size=8)
+    for name, devices in (("micro_one", jax.devices()[:1]), ("micro_eight", jax.devices())):
+        model = TinyMLP(rngs=nnx.Rngs(0))
+        history = train.fit(model, TRAIN, VAL, micro, preprocess=scale, progress=False,
+                            devices=devices)
+        runs[name] = {"step_loss": history.step_loss.tolist(),
+                      "params": jax.tree.map(lambda a: a.tolist(), params_of(model))}
+    model = TinyMLP(rngs=nnx.Rngs(0))
+    runs["whole"] = train.fit(model, TRAIN, VAL, config, preprocess=scale, progress=False,
+                              devices=jax.devices()[:1]).step_loss.tolist()
+    try:
+        train.fit(TinyMLP(rngs=nnx.Rngs(0)), TRAIN, None,
+                  dataclasses.replace(config, micro_batch_size=4), progress=False)
+    except ValueError as error:
+        runs["micro_error"] = str(error)
     print("RESULT " + json.dumps(runs))
     """
 )
@@ -710,6 +878,15 @@ def test_data_parallel_matches_one_device(tmp_path):
     )
     assert (one["replicated_on"], eight["replicated_on"]) == (1, 8)
     assert "batch_size 12 must divide by the 8 devices" in runs["error"]
+    micro_one, micro_eight = runs["micro_one"], runs["micro_eight"]
+    for micro in (micro_one, micro_eight):
+        np.testing.assert_allclose(micro["step_loss"], runs["whole"], rtol=LOOSE, atol=LOOSE)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=LOOSE, atol=LOOSE),
+        micro_eight["params"],
+        micro_one["params"],
+    )
+    assert "micro_batch_size must divide by the 8 devices, got 4" in runs["micro_error"]
 
 
 class _CountingLinear(nnx.Module):

@@ -13,6 +13,8 @@ import numpy as np
 from flax import nnx
 from flax.nnx.nn import dtypes
 
+from jaxcal._checks import check_int
+
 ConvImpl = Literal["patches", "xla"]
 PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
 # nnx.Conv's default initialisers.
@@ -61,6 +63,48 @@ def steps_per_call_for(model: nnx.Module, backend: str | None = None) -> int:
     ):
         return 1
     return 8
+
+
+# Examples per micro-batch of a PatchConv model's CPU train step (see `micro_batch_for`).
+CPU_MICRO_BATCH = 128
+# Smaller micro-batches cost more per example than the caches save.
+MIN_MICRO_BATCH = 32
+
+
+def micro_batch_for(model: nnx.Module, batch_size: int, backend: str | None = None) -> int:
+    """How many examples of a training batch `fit` runs through forward and backward at once.
+
+    A PatchConv model's patch matrices grow with the batch until they leave the CPU's caches:
+    LeNet-5's first one holds 85 KB per example, 22 MB at batch 256, where its train step took
+    40 ms against 10.8 ms at batch 128 (2-core EPYC, 32 MB L3). On CPU such a model runs a
+    batch above CPU_MICRO_BATCH as micro-batches whose gradients are summed before the one
+    optimiser update: the same step up to float32 rounding, 1.7x faster for LeNet-5 at batch
+    256 and 512 (`benchmarks/README.md`). Not split: models without PatchConv (an MLP's
+    matmuls only get faster with the batch: 7.5 -> 8.0 ms at 256 when split), models with
+    BatchNorm (each micro-batch would be normalised by its own statistics), every model on
+    GPU/TPU.
+
+    Args:
+        model: the model to train.
+        batch_size: examples per optimiser step on one device.
+        backend: a JAX platform name; default `jax.default_backend()`.
+
+    Returns:
+        The largest divisor of `batch_size` up to CPU_MICRO_BATCH when the batch is split and
+        one of at least MIN_MICRO_BATCH exists; otherwise `batch_size`.
+    """
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}")
+    batch_size = check_int("batch_size", batch_size)
+    if batch_size <= CPU_MICRO_BATCH or conv_impl_for_backend(backend) != "patches":
+        return batch_size
+    nodes = [node for _, node in nnx.iter_graph(model)]
+    if not any(isinstance(n, PatchConv) for n in nodes) or any(
+        isinstance(n, nnx.BatchNorm) for n in nodes
+    ):
+        return batch_size
+    divisor = max(d for d in range(1, CPU_MICRO_BATCH + 1) if batch_size % d == 0)
+    return divisor if divisor >= MIN_MICRO_BATCH else batch_size
 
 
 def _explicit_padding(

@@ -25,6 +25,7 @@ from jaxcal.train.predict import make_mesh, padded_batches, round_up
 from jaxcal.train.steps import (
     TrainState,
     base_keys,
+    check_micro_batches,
     create_train_state,
     epoch_batches,
     make_eval_step,
@@ -90,6 +91,8 @@ def fit(
     data, val_data, mesh = _check_fit(
         train, val, config, preprocess, checkpoint_dir, resume, devices
     )
+    micro = config.micro_batch_size or _micro_batch(model, config.batch_size, mesh)
+    check_micro_batches(model, config, micro, mesh)
     graphdef, state = create_train_state(model, config)
     width = output_width(
         "train", graphdef, (state.params, state.rngs, state.rest), data[0], preprocess
@@ -112,7 +115,7 @@ def fit(
             history.steps_per_epoch,
         )
         loop = _EpochLoop(
-            graphdef, config, preprocess, mesh, data, val_data, (run, run_info), fused
+            graphdef, config, preprocess, mesh, data, val_data, (run, run_info), fused, micro
         )
         state, best = loop.run_epochs(state, history, start_epoch, progress)
         if config.patience is not None and history.best_epoch not in (None, history.epochs_run):
@@ -125,6 +128,13 @@ def fit(
             run.close()
     nnx.update(model, state.params, state.rest, state.rngs)
     return history
+
+
+def _micro_batch(model: nnx.Module, batch_size: int, mesh: Mesh) -> int | None:
+    """`conv.micro_batch_for` on one device; a sharded batch runs whole (None)."""
+    if mesh.devices.size > 1:
+        return None
+    return conv.micro_batch_for(model, batch_size, mesh.devices.flat[0].platform)
 
 
 def _check_fit(train, val, config, preprocess, checkpoint_dir, resume, devices):
@@ -210,7 +220,16 @@ class _EpochLoop:
     """The compiled steps and the on-device data of one `fit` call, and its epoch loop."""
 
     def __init__(
-        self, graphdef, config, preprocess, mesh: Mesh, data, val_data, run, fused: int
+        self,
+        graphdef,
+        config,
+        preprocess,
+        mesh: Mesh,
+        data,
+        val_data,
+        run,
+        fused: int,
+        micro: int | None,
     ) -> None:
         self.graphdef, self.config = graphdef, config
         self.run, self.run_info = run
@@ -222,10 +241,10 @@ class _EpochLoop:
         fused = min(fused, steps_per_epoch)
         self.calls, self.remainder = divmod(steps_per_epoch, fused)
         self.train_step = make_train_step(
-            graphdef, config, preprocess, steps_per_call=fused, mesh=mesh
+            graphdef, config, preprocess, steps_per_call=fused, micro_batch_size=micro, mesh=mesh
         )
         self.single_step = make_train_step(
-            graphdef, config, preprocess, steps_per_call=1, mesh=mesh
+            graphdef, config, preprocess, steps_per_call=1, micro_batch_size=micro, mesh=mesh
         )
         self.val = None
         if val_data is not None:

@@ -227,6 +227,7 @@ def make_train_step(
     preprocess: Preprocess | None = None,
     *,
     steps_per_call: int = 1,
+    micro_batch_size: int | None = None,
     mesh: Mesh | None = None,
 ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
     """The jitted training step; it donates the state it replaces.
@@ -241,6 +242,12 @@ def make_train_step(
       config: the training configuration.
       preprocess: optional `preprocess(images, key) -> float32 NHWC`, run inside the step.
       steps_per_call: steps fused with `lax.scan` in one call.
+      micro_batch_size: None runs each batch through forward and backward at once; M runs
+        it as B / M micro-batches (rows j, j + B / M, ...; in a `lax.scan`) whose gradients,
+        losses and hits are summed before the one optimiser update: the same step up to
+        float32 rounding, in less memory (`conv.micro_batch_for` says when that is faster).
+        Dropout draws keys per micro-batch. Refused for BatchNorm layers in training mode,
+        which would normalise each micro-batch by its own statistics.
       mesh: when given, each batch is sharded over its "data" axis (data parallelism).
 
     Calls with arguments that differ at most in `config.seed` (and in the fields a step does
@@ -254,6 +261,7 @@ def make_train_step(
     check_int("steps_per_call", steps_per_call)
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config)}")
+    micro_batch_size = _check_micro_batch(micro_batch_size, None, mesh)
     # Fields a step does not read are reset, so runs differing only in them share one step;
     # the seed's key is an argument of the compiled step, so runs over seeds share it too.
     step_config = dataclasses.replace(
@@ -263,10 +271,13 @@ def make_train_step(
         monitor="val_loss",
         eval_batch_size=1,
         steps_per_call=None,
+        micro_batch_size=None,
         max_to_keep=1,
         seed=0,
     )
-    compiled = _train_step(graphdef, step_config, preprocess, steps_per_call, mesh)
+    compiled = _train_step(
+        graphdef, step_config, preprocess, steps_per_call, micro_batch_size, mesh
+    )
     step_key, _ = base_keys(config.seed)
 
     def step(state, images, labels, batches):
@@ -275,12 +286,64 @@ def make_train_step(
     return step
 
 
+def _check_micro_batch(
+    micro_batch_size: int | None, batch_size: int | None, mesh: Mesh | None
+) -> int | None:
+    """`micro_batch_size` checked against the batch (when known) and the mesh."""
+    if micro_batch_size is None:
+        return None
+    check_int("micro_batch_size", micro_batch_size)
+    if batch_size is not None and batch_size % micro_batch_size:
+        raise ValueError(
+            f"micro_batch_size must divide batch_size {batch_size}, got {micro_batch_size}"
+        )
+    devices = 1 if mesh is None else mesh.devices.size
+    if micro_batch_size % devices:
+        raise ValueError(
+            f"micro_batch_size must divide by the {devices} devices, got {micro_batch_size}"
+        )
+    return micro_batch_size
+
+
+def _micro_batches(x: jax.Array, micro_batch_size: int) -> jax.Array:
+    """[B, ...] -> [B / M, M, ...]: micro-batch j holds rows j, j + B / M, ... (a batch sharded
+    over devices in blocks of rows stays sharded along M)."""
+    return x.reshape(micro_batch_size, -1, *x.shape[1:]).swapaxes(0, 1)
+
+
+def check_micro_batches(
+    model: nnx.Module, config: TrainConfig, micro_batch_size: int | None, mesh: Mesh | None
+) -> None:
+    """Raises ValueError unless `make_train_step` can run `model` in these micro-batches.
+
+    `make_train_step` checks the same (the model when its step is traced); `fit` asks first,
+    before any work.
+    """
+    if _check_micro_batch(micro_batch_size, config.batch_size, mesh) not in (
+        None,
+        config.batch_size,
+    ):
+        _check_no_batch_statistics(_train_view(model, config.trainable))
+
+
+def _check_no_batch_statistics(model: nnx.Module) -> None:
+    if any(
+        isinstance(node, nnx.BatchNorm) and not node.use_running_average
+        for _, node in nnx.iter_graph(model)
+    ):
+        raise ValueError(
+            "micro_batch_size must be None for a model with BatchNorm layers in training mode "
+            "(each micro-batch would be normalised by its own statistics)"
+        )
+
+
 @functools.lru_cache(maxsize=16)
 def _train_step(
     graphdef: nnx.GraphDef,
     config: TrainConfig,
     preprocess: Preprocess | None,
     steps_per_call: int,
+    micro_batch_size: int | None,
     mesh: Mesh | None,
 ) -> Callable[..., tuple[TrainState, jax.Array]]:
     """The jitted `step(state, images, labels, batches, step_key)` of `make_train_step`."""
@@ -299,23 +362,35 @@ def _train_step(
         y = labels.at[index].get(mode="promise_in_bounds")
         augment_key, dropout_key = jax.random.split(jax.random.fold_in(step_key, state.step))
         x = to_float(x, augment_key, preprocess)
-
-        def loss_fn(params):
-            model = _train_view(
-                nnx.merge(graphdef, params, state.rngs, state.rest), config.trainable
+        batch = index.shape[0]
+        if micro_batch_size in (None, batch):
+            loss, hits, rest, rngs, grads = summed_gradients(
+                state.params, state.rest, state.rngs, x, y, dropout_key, batch
             )
-            logits = _forward(model, x, dropout_key)
-            _, _, rest, rngs = split_state(model, config.trainable)
-            return per_example_loss(logits, y).mean(), (logits, rest, rngs)
-
-        (loss, (logits, rest, rngs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
+        else:
+            loss, hits, rest, rngs, grads = _accumulated(
+                summed_gradients, state, x, y, dropout_key, micro_batch_size
+            )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        accuracy = is_correct(logits, y).mean(dtype=jnp.float32)
         new_state = TrainState(state.step + 1, params, rest, rngs, opt_state)
-        return new_state, jnp.stack([loss, accuracy])
+        return new_state, jnp.stack([loss, hits / batch])
+
+    def summed_gradients(params, rest, rngs, x, y, dropout_key, batch):
+        """(loss, hits, rest, rngs, grads) of the rows x, y of a batch of `batch` rows (the
+        loss and its gradients as their share of the batch's mean)."""
+
+        def loss_fn(params):
+            model = _train_view(nnx.merge(graphdef, params, rngs, rest), config.trainable)
+            if x.shape[0] < batch:
+                _check_no_batch_statistics(model)
+            logits = _forward(model, x, dropout_key)
+            _, _, new_rest, new_rngs = split_state(model, config.trainable)
+            loss = per_example_loss(logits, y).sum() / batch
+            return loss, (is_correct(logits, y).sum(dtype=jnp.float32), new_rest, new_rngs)
+
+        (loss, (hits, rest, rngs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, hits, rest, rngs, grads
 
     def step(state, images, labels, batches, step_key):
         if steps_per_call == 1:
@@ -328,6 +403,32 @@ def _train_step(
         )
 
     return jax.jit(step, donate_argnums=0)
+
+
+def _accumulated(summed_gradients, state: TrainState, x, y, dropout_key, micro_batch_size: int):
+    """`summed_gradients` over the micro-batches of x, y, added up in a `lax.scan`; the model
+    state (`rest`, `rngs`) passes from one micro-batch to the next."""
+
+    batch = x.shape[0]
+    if batch % micro_batch_size:
+        raise ValueError(
+            f"micro_batch_size must divide the batch of {batch} rows, got {micro_batch_size}"
+        )
+
+    def add(carry, inputs):
+        xm, ym, j = inputs
+        *sums, rest, rngs, grads = carry
+        loss, hits, rest, rngs, g = summed_gradients(
+            state.params, rest, rngs, xm, ym, jax.random.fold_in(dropout_key, j), batch
+        )
+        sums = (sums[0] + loss, sums[1] + hits)
+        return (*sums, rest, rngs, jax.tree.map(jnp.add, grads, g)), None
+
+    zero = jnp.zeros((), jnp.float32)
+    init = (zero, zero, state.rest, state.rngs, jax.tree.map(jnp.zeros_like, state.params))
+    xs = (_micro_batches(x, micro_batch_size), _micro_batches(y, micro_batch_size))
+    carry, _ = jax.lax.scan(add, init, (*xs, jnp.arange(xs[1].shape[0])))
+    return carry
 
 
 @functools.lru_cache(maxsize=16)
