@@ -214,8 +214,9 @@ def describe(
             "model": model,
             "parameters": f"{models.parameter_count(run.trained.model):,} "
             f"(trained: {run.trained.trained_parameters:,})",
-            "training": f"{config.optimizer} lr {config.learning_rate}, batch "
-            f"{config.batch_size}, {history.epochs_run} epochs, BCE with logits",
+            "training": f"{config.optimizer} lr {config.learning_rate}, "
+            f"{pipeline.batch_text(config, history)}, {history.epochs_run} epochs, "
+            "BCE with logits",
         },
         metrics=run.metrics(),
         sections=[("Calibration on the test set", study.calibration_table(run.study))],

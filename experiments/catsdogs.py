@@ -264,7 +264,7 @@ def describe(recipe: CatsDogsRecipe, out: pathlib.Path, splits, studied) -> pipe
             "parameters": f"{models.parameter_count(run.trained.model):,} "
             f"(trained: {run.trained.trained_parameters:,})",
             "input": f"{recipe.image_size} x {recipe.image_size}, ImageNet normalisation",
-            "training": f"Adam lr {config.learning_rate}, batch {config.batch_size}, "
+            "training": f"Adam lr {config.learning_rate}, {pipeline.batch_text(config, history)}, "
             f"{history.epochs_run} epochs (best {history.best_epoch}, patience "
             f"{config.patience})",
         },

@@ -191,7 +191,8 @@ def overview_row(name: str, run: pipeline.Studied) -> str:
     config, history = run.trained.config, run.trained.history
     test, scaled = run.study.test, run.study.temperature
     return (
-        f"| {name} | {config.optimizer} {config.learning_rate}, batch {config.batch_size}, "
+        f"| {name} | {config.optimizer} {config.learning_rate}, "
+        f"{pipeline.batch_text(config, history)}, "
         f"{history.epochs_run} epochs | {models.parameter_count(run.trained.model):,} | "
         f"{test.raw.nll:.4f} | {test.accuracy:.4f} | {test.raw.ece:.4f} | "
         f"{scaled.test.ece:.4f} | {scaled.temperature:.3f} |"

@@ -71,6 +71,7 @@ class Studied:
                 "optimizer": config.optimizer,
                 "learning_rate": config.learning_rate,
                 "batch_size": config.batch_size,
+                "micro_batch_size": history.micro_batch_size,
                 "epochs_run": history.epochs_run,
                 "best_epoch": history.best_epoch,
                 "stopped_early": history.stopped_early,
@@ -100,6 +101,14 @@ class Report:
     sections: Sequence[tuple[str, str]]
     figures: Mapping[str, str]
     console: str
+
+
+def batch_text(config: train.TrainConfig, history: train.History) -> str:
+    """ "batch 64", or "batch 256 in micro-batches of 128" where `fit` split the batches."""
+    text = f"batch {config.batch_size}"
+    if history.micro_batch_size is not None:
+        text += f" in micro-batches of {history.micro_batch_size}"
+    return text
 
 
 def fit_on_splits(

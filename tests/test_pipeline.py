@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from experiments import birdcat, outdir
+from experiments import birdcat, outdir, pipeline
 from jaxcal import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -182,3 +182,11 @@ def test_ctrl_c_says_where_the_last_checkpoint_is(tmp_path):
     assert last.startswith(f"interrupted; the last checkpoint is {out / 'checkpoints'}/")
     assert last.endswith("run the same command with --resume to continue")
     assert "Traceback" not in stderr
+
+
+def test_reports_name_the_micro_batches_fit_ran():
+    config = train.TrainConfig(batch_size=256)
+    whole = train.History()
+    split = train.History(micro_batch_size=128)
+    assert pipeline.batch_text(config, whole) == "batch 256"
+    assert pipeline.batch_text(config, split) == "batch 256 in micro-batches of 128"

@@ -609,6 +609,9 @@ def test_fit_picks_micro_batches_for_patch_conv_on_cpu(monkeypatch):
         )
         assert set(made) == {expected}
         assert np.all(np.isfinite(history.step_loss))
+        assert history.micro_batch_size == (None if expected == 20 else expected)
+        restored = train.History.from_dict(json.loads(json.dumps(history.to_dict())))
+        assert restored.micro_batch_size == history.micro_batch_size
 
 
 def test_freezing_the_backbone_keeps_it_exactly():

@@ -116,6 +116,8 @@ class History:
       val_accuracy: per epoch, validation accuracy (empty without validation data).
       best_epoch: 1-based epoch with the best `monitor` value, None without validation data.
       stopped_early: whether early stopping ended the run before `epochs`.
+      micro_batch_size: the micro-batches this `fit` call ran each batch in (see
+        `TrainConfig.micro_batch_size`); None when it ran whole batches.
     """
 
     step_loss: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
@@ -127,6 +129,7 @@ class History:
     val_accuracy: list[float] = dataclasses.field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
+    micro_batch_size: int | None = None
 
     def record_train(self, metrics: np.ndarray) -> None:
         """Appends one epoch's training metrics: float32 [steps, 2] of (loss, accuracy)."""
@@ -171,6 +174,7 @@ class History:
             "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early,
             "epochs_run": self.epochs_run,
+            "micro_batch_size": self.micro_batch_size,
         }
 
     @classmethod
@@ -186,6 +190,7 @@ class History:
             val_accuracy=list(data["val_accuracy"]),
             best_epoch=data["best_epoch"],
             stopped_early=bool(data["stopped_early"]),
+            micro_batch_size=data.get("micro_batch_size"),
         )
 
 
