@@ -74,15 +74,18 @@ MIN_MICRO_BATCH = 32
 def micro_batch_for(model: nnx.Module, batch_size: int, backend: str | None = None) -> int:
     """How many examples of a training batch `fit` runs through forward and backward at once.
 
-    A PatchConv model's patch matrices grow with the batch until they leave the CPU's caches:
-    LeNet-5's first one holds 85 KB per example, 22 MB at batch 256, where its train step took
-    40 ms against 10.8 ms at batch 128 (2-core EPYC, 32 MB L3). On CPU such a model runs a
-    batch above CPU_MICRO_BATCH as micro-batches whose gradients are summed before the one
-    optimiser update: the same step up to float32 rounding, 1.7x faster for LeNet-5 at batch
-    256 and 512 (`benchmarks/README.md`). Not split: models without PatchConv (an MLP's
-    matmuls only get faster with the batch: 7.5 -> 8.0 ms at 256 when split), models with
-    BatchNorm (each micro-batch would be normalised by its own statistics), every model on
-    GPU/TPU.
+    A PatchConv model's temporaries grow with the batch: LeNet-5's first patch matrix holds
+    85 KB per example, 22 MB at batch 256. XLA:CPU allocates a call's temporaries afresh and
+    glibc hands blocks that large back to the OS between calls, so a one-step call at batch
+    256 faults in 5,000-10,000 fresh pages (32.6 ms against 10.8 at batch 128, 2-core EPYC);
+    at 512 the matrices also outgrow the 32 MB L3 (77 ms). On CPU such a model runs a batch
+    above CPU_MICRO_BATCH as micro-batches whose gradients are summed before the one
+    optimiser update, the same step up to float32 rounding: one-step calls 32.6 -> 18.2 ms
+    at 256 and 77 -> 41 ms at 512; in `fit`'s calls of 8 steps, whose loop reuses its
+    buffers, 18.1 -> 18.8 ms at 256 (no gain) and 43.6 -> 40.9 ms at 512
+    (`benchmarks/README.md`). Not split: models without PatchConv (an MLP's matmuls only get
+    faster with the batch: 7.5 -> 8.0 ms at 256 when split), models with BatchNorm (each
+    micro-batch would be normalised by its own statistics), every model on GPU/TPU.
 
     Args:
         model: the model to train.
