@@ -44,13 +44,13 @@ class TrainConfig:
         for models with XLA convolutions (XLA:CPU compiles their gradients inside loops into
         slow kernels); then a divisor of the epoch's steps down to half that, when there is
         one, so no second program runs the steps left over (`loop.steps_dividing_the_epoch`).
+      max_to_keep: how many latest epoch checkpoints to keep (the best one is kept besides).
       micro_batch_size: examples per forward and backward pass within a step (must divide
         batch_size, and by the device count); their gradients are summed into the step's one
         update, so it is the same step up to float32 rounding. None picks per backend and model
         (`jaxcal.models.conv.micro_batch_for`): micro-batches of up to 128 for a PatchConv model
-        on one CPU device, whose patch matrices would outgrow the caches; the whole batch
-        otherwise. Refused with BatchNorm layers in training mode.
-      max_to_keep: how many latest epoch checkpoints to keep (the best one is kept besides).
+        on one CPU device, whose temporaries at larger batches cost page faults and cache
+        misses; the whole batch otherwise. Refused with BatchNorm layers in training mode.
     """
 
     epochs: int = 10
@@ -65,8 +65,8 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 256
     steps_per_call: int | None = None
-    micro_batch_size: int | None = None
     max_to_keep: int = 3
+    micro_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "max_to_keep"):
