@@ -512,7 +512,7 @@ def test_micro_batches_sum_to_the_whole_batch_step(steps_per_call):
 
 def test_micro_batches_draw_dropout_keys_of_their_own():
     """With dropout, micro-batches differ from the whole-batch step (other keys) but a run
-    repeats exactly; the model state carries through the micro-batches."""
+    repeats exactly."""
     config = train.TrainConfig(epochs=2, batch_size=20, learning_rate=0.05)
     data = make_data(60, num_classes=3)
     losses = []
@@ -530,6 +530,31 @@ def test_micro_batches_draw_dropout_keys_of_their_own():
     assert np.all(np.isfinite(losses))
     np.testing.assert_array_equal(losses[1], losses[2])
     assert not np.allclose(losses[0][1:], losses[1][1:])
+
+
+class OwnRngsDropout(nnx.Module):
+    """Dropout drawing from the model's own RNG stream (no call-time keys)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(8 * 8 * 3, 3, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc(self.drop(x.reshape(x.shape[0], -1)))
+
+
+def test_micro_batches_carry_the_model_state_from_one_to_the_next():
+    """A model's own RNG stream advances once per micro-batch (4 draws for 4 micro-batches),
+    so no two micro-batches share a dropout mask."""
+    config = train.TrainConfig(batch_size=20)
+    order = train.epoch_batches(jax.random.key(0), 100, 20)
+    counts = {}
+    for micro in (None, 5):
+        graphdef, state = train.create_train_state(OwnRngsDropout(nnx.Rngs(0)), config)
+        step = train.make_train_step(graphdef, config, scale, micro_batch_size=micro)
+        state, _ = step(state, *TRAIN, order)
+        counts[micro] = int(state.rngs["drop"]["rngs"]["count"])
+    assert counts == {None: 1, 5: 4}
 
 
 def test_micro_batches_refuse_batch_norm_in_training_mode(tmp_path):
