@@ -114,7 +114,7 @@ def fit(
             conv.steps_per_call_for(model, mesh.devices.flat[0].platform),
             history.steps_per_epoch,
         )
-        history.micro_batch_size = micro if micro not in (None, config.batch_size) else None
+        history.micro_batch_size = None if micro == config.batch_size else micro
         loop = _EpochLoop(
             graphdef, config, preprocess, mesh, data, val_data, (run, run_info), fused, micro
         )
