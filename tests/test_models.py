@@ -10,7 +10,15 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxcal.models import MLP, ConvSpec, LeNet5, LeNetConfig, ResNet18, parameter_count
+from jaxcal.models import (
+    MLP,
+    ConvSpec,
+    LeNet5,
+    LeNetConfig,
+    ResNet18,
+    initializers,
+    parameter_count,
+)
 from jaxcal.models.lenet import PRESETS
 from jaxcal.models.resnet import BasicBlock
 
@@ -152,6 +160,66 @@ def test_torch_default_initialisation():
     assert conv.std() == pytest.approx(np.sqrt(2 / (3 * 3 * 512)), rel=0.01)
     assert np.all(np.asarray(block.bn1.scale[...]) == 1)
     assert np.all(np.asarray(block.bn1.bias[...]) == 0)
+
+
+@pytest.mark.parametrize(
+    "shape", [(5, 5, 3, 6), (400, 120), (84, 1), (3, 3, 64, 64), (1024, 2), (7,)]
+)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_quickly_compiled_initialisers_equal_the_eager_ones_bit_for_bit(shape, dtype):
+    """The torch-default initialisers are compiled at a lower XLA optimisation level; their
+    values must not move: they are flax's variance scaling and `jax.random.uniform` run
+    eagerly, bit for bit, whether called eagerly or inside a jit with a concrete key."""
+    key = jax.random.key(3)
+    fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else shape[0]
+    eager_kernel = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+    bound = 1.0 / fan_in**0.5
+    pairs = [
+        (initializers.TORCH_KERNEL_INIT, eager_kernel),
+        (
+            initializers.torch_bias_init(fan_in),
+            lambda k, s, d: jax.random.uniform(k, s, d, -bound, bound),
+        ),
+    ]
+    if len(shape) == 1:
+        pairs = pairs[1:]  # flax's fan_in of a 1-d shape is undefined
+    for quick, eager in pairs:
+        expected = np.asarray(eager(key, shape, dtype)).view(
+            np.uint16 if dtype == jnp.bfloat16 else np.uint32
+        )
+        for got in (
+            quick(key, list(shape), dtype),
+            jax.jit(lambda f=quick: f(key, shape, dtype))(),  # the executable inside a trace
+        ):
+            assert got.dtype == dtype and got.shape == shape
+            bits = np.asarray(got).view(expected.dtype)
+            np.testing.assert_array_equal(bits, expected)
+
+
+@pytest.mark.parametrize("mode", ["fan_in", "fan_out"])
+def test_he_normal_equals_the_jitted_flax_initialiser_bit_for_bit(mode):
+    """torchvision's kaiming_normal_ convolutions: flax's variance scaling compiled as one
+    program at the lower level, bit for bit; eager flax (draw and scaling apart) to rounding."""
+    flax_init = nnx.initializers.variance_scaling(2.0, mode, "normal")
+    jitted = jax.jit(flax_init, static_argnums=(1, 2))
+    for i, shape in enumerate([(7, 7, 3, 64), (3, 3, 128, 256), (1, 1, 512, 128)]):
+        key = jax.random.key(i)
+        got = np.asarray(initializers.he_normal(mode)(key, shape, jnp.float32))
+        np.testing.assert_array_equal(got, np.asarray(jitted(key, shape, jnp.float32)))
+        eager = np.asarray(flax_init(key, shape, jnp.float32))
+        np.testing.assert_allclose(got, eager, rtol=1e-6, atol=1e-6 * np.abs(eager).max())
+        fan = np.prod(shape[:-1]) if mode == "fan_in" else np.prod(shape[:2]) * shape[-1]
+        assert got.std() == pytest.approx(np.sqrt(2.0 / fan), rel=0.05)
+
+
+def test_models_built_inside_nnx_jit_trace_the_initialisers():
+    """Traced keys inline the initialisers into the caller's program (no nested compile); the
+    values then agree with the eager ones to float32 rounding (fused into other arithmetic)."""
+    config = LeNetConfig.preset("birdcat")
+    eager = nnx.state(LeNet5(config, rngs=nnx.Rngs(7)), nnx.Param)
+    traced = nnx.state(nnx.jit(lambda: LeNet5(config, rngs=nnx.Rngs(7)))(), nnx.Param)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(traced), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

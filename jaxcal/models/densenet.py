@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcal.models.initializers import TORCH_KERNEL_INIT, he_normal
 from jaxcal.models.layers import batch_norm, conv2d
-from jaxcal.models.mlp import TORCH_KERNEL_INIT
 
 # torchvision's DenseNet: kaiming_normal_ (fan_in, gain sqrt(2)) for every convolution,
 # BatchNorm scale 1 bias 0, Linear weight torch-default and bias 0.
-_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+_CONV_INIT = he_normal("fan_in")
 GROWTH_RATE = 32
 BLOCK_LAYERS = (6, 12, 24, 16)
 BOTTLENECK = 4

@@ -9,7 +9,8 @@ from flax import nnx
 
 from jaxcal._checks import check_positive_ints, is_positive_int
 from jaxcal.models.conv import PatchConv, avg_pool_2x2, conv_impl_for_backend, max_pool_2x2
-from jaxcal.models.mlp import TORCH_KERNEL_INIT, dense, torch_bias_init
+from jaxcal.models.initializers import TORCH_KERNEL_INIT, torch_bias_init
+from jaxcal.models.mlp import dense
 
 PRESETS = ("birdcat", "lenet5_bn", "mnist_cnn", "classic")
 

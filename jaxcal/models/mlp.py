@@ -6,32 +6,10 @@ import math
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxcal._checks import check_positive_ints
-
-# torch.nn.Linear / Conv2d initialise their weights with kaiming_uniform(a=sqrt(5)), which is
-# U(-1/sqrt(fan_in), 1/sqrt(fan_in)): a variance scaling of 1/3 with a uniform distribution.
-# Flax's fan_in for a conv kernel [kh, kw, in, out] is kh * kw * in, as in torch.
-TORCH_KERNEL_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def torch_bias_init(fan_in: int) -> nnx.Initializer:
-    """The bias initialiser of torch.nn.Linear / Conv2d: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-
-    Args:
-        fan_in: number of inputs feeding each output unit (in_features, or kh * kw * in).
-
-    Returns:
-        An initialiser `(key, shape, dtype) -> array`.
-    """
-    bound = 1.0 / float(fan_in) ** 0.5
-
-    def init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
+from jaxcal.models.initializers import TORCH_KERNEL_INIT, torch_bias_init
 
 
 def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:

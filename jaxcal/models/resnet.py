@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcal.models.initializers import he_normal
 from jaxcal.models.layers import batch_norm, conv2d
 from jaxcal.models.mlp import dense
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for every convolution.
-_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+_CONV_INIT = he_normal("fan_out")
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
