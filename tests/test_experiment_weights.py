@@ -123,6 +123,7 @@ def test_catsdogs_head_on_cached_features(tmp_path, torchvision_resnet18_state_d
     weights = tmp_path / "resnet18.safetensors"
     save_file(torchvision_resnet18_state_dict, weights)
     argv = [*TINY, "--weights", str(weights), "--train", "head", "--image-size", "32"]
+    argv += ["--calibrators", "temperature"]  # the study's calibrators: tests/test_catsdogs.py
     metrics = catsdogs.main([*argv, "--epochs", "1", "--out", str(tmp_path / "o")])
     assert metrics["training"]["epochs_run"] == 1
     report = (tmp_path / "o" / "report.md").read_text()
