@@ -20,24 +20,24 @@ change their last bits: no fused multiply-adds); tests/test_models.py checks bot
 
 
 @functools.cache
-def _executable(init: nnx.Initializer, shape: tuple[int, ...], dtype, key: jax.ShapeDtypeStruct):
-    return jax.jit(init, static_argnums=(1, 2)).lower(key, shape, dtype).compile(QUICK_COMPILE)
-
-
 def compiled_quickly(init: nnx.Initializer) -> nnx.Initializer:
-    """`init`, compiled per (shape, dtype, key) with `QUICK_COMPILE` when called eagerly.
+    """`init`, jitted per (shape, dtype) with `QUICK_COMPILE` when called eagerly.
 
-    Equals `jax.jit(init, static_argnums=(1, 2))` bit for bit. A traced key (inside a jit or
-    nnx.jit) inlines `init` into the caller's program instead; a concrete key inside a trace
-    runs the compiled executable, whose result enters the trace as a constant.
+    Equals `jax.jit(init, static_argnums=(1, 2))` bit for bit, and its outputs are committed to
+    a device only if the key is (as a plain jit's). Inside a trace (a jit, nnx.jit or
+    eval_shape) `init` is inlined into the caller's program instead: JAX refuses compiler
+    options on a nested jit. Cached: one jitted function per `init`.
     """
+    compiled = jax.jit(init, static_argnums=(1, 2), compiler_options=QUICK_COMPILE)
 
     def quick(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
         shape = tuple(shape)
         if isinstance(key, jax.core.Tracer):
             return init(key, shape, dtype)
-        spec = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=key.sharding)
-        return _executable(init, shape, dtype, spec)(key)
+        try:
+            return compiled(key, shape, dtype)
+        except ValueError:  # a concrete key inside a trace (a nested jit); bad input raises again
+            return init(key, shape, dtype)
 
     return quick
 
