@@ -189,7 +189,7 @@ def test_quickly_compiled_initialisers_equal_the_eager_ones_bit_for_bit(shape, d
         )
         for got in (
             quick(key, list(shape), dtype),
-            jax.jit(lambda f=quick: f(key, shape, dtype))(),  # the executable inside a trace
+            jax.jit(lambda f=quick: f(key, shape, dtype))(),  # concrete key in a trace: inlined
         ):
             assert got.dtype == dtype and got.shape == shape
             bits = np.asarray(got).view(expected.dtype)

@@ -16,7 +16,7 @@ They run once per parameter shape, and at level 3 LLVM spends most of a random i
 compile optimising the threefry hash. Measured on the 2-core EPYC, each model built eagerly in
 a fresh process: LeNet-5 4.3 -> 2.0 s (compiles 3.8 -> 1.5 s), ResNet18 8.9 -> 4.1 s,
 DenseNet-121 16.7 -> 11.1 s. The values are those of level 3 bit for bit (level 0 would
-change their last bits: no fused multiply-adds); tests/test_models.py checks both."""
+change their last bits: no fused multiply-adds); tests/test_models.py checks the values."""
 
 
 @functools.cache
